@@ -1,0 +1,7 @@
+"""stn-keras: the Spatial Transformer (Jaderberg et al., NIPS 2015) for Keras 3 / TensorFlow."""
+
+from stn_keras.ops import INTERPOLATIONS, PADDING_MODES, affine_grid, grid_sample
+
+__version__ = "0.1.0"
+
+__all__ = ["INTERPOLATIONS", "PADDING_MODES", "affine_grid", "grid_sample", "__version__"]

@@ -1,0 +1,132 @@
+"""The one place that defines stn-keras's coordinate conventions.
+
+Normalised coordinates follow PyTorch's ``F.affine_grid`` / ``F.grid_sample``:
+
+* A sampling grid has shape ``(B, H_out, W_out, 2)`` and its last axis is ``(x, y)``: ``x`` runs along
+  the width, ``y`` along the height, both in ``[-1, 1]``.
+* ``align_corners=True``: -1 and 1 are the *centres* of the corner pixels, so pixel ``i`` of an axis of
+  size ``n`` sits at ``-1 + 2 i / (n - 1)``.
+* ``align_corners=False``: -1 and 1 are the outer *edges* of the corner pixels, so pixel ``i`` sits at
+  ``(2 i + 1) / n - 1``. This makes the sampling independent of the resolution.
+
+Everything else in the package (grid generators, the sampler, the layers, the exporters) refers to the
+functions here rather than restating the formulas.
+"""
+
+import tensorflow as tf
+
+PADDING_MODES = ("zeros", "border", "reflection")
+
+
+def compute_dtype(*dtypes):
+    """The floating dtype coordinate arithmetic runs in: at least float32, float64 if any input is.
+
+    Args:
+        *dtypes: `tf.DType`s of the tensors taking part.
+
+    Returns:
+        `tf.float64` if any of `dtypes` is float64, else `tf.float32`.
+    """
+    return tf.float64 if any(tf.as_dtype(d) == tf.float64 for d in dtypes) else tf.float32
+
+
+def dim(x, axis):
+    """Static size of `x` along `axis` when known, else the dynamic size as a scalar int32 tensor."""
+    static = x.shape[axis]
+    return static if static is not None else tf.shape(x)[axis]
+
+
+def linspace_normalized(size, align_corners, dtype=tf.float32):
+    """Normalised positions of the pixel centres along one axis.
+
+    Args:
+        size: number of pixels `n` along the axis (Python int or scalar integer tensor).
+        align_corners: whether -1 and 1 are corner pixel centres (`True`) or edges (`False`).
+        dtype: floating dtype of the result. Defaults to `tf.float32`.
+
+    Returns:
+        A `(n,)` tensor. As in PyTorch, a single pixel sits at 0.
+    """
+    n = tf.cast(size, dtype)
+    i = tf.range(n, dtype=dtype)
+    if align_corners:
+        # -1 + 2 i / (n - 1); for n == 1 the denominator is replaced so the lone pixel lands on 0.
+        return tf.where(n > 1, -1.0 + 2.0 * i / tf.maximum(n - 1.0, 1.0), tf.zeros_like(i))
+    return (2.0 * i + 1.0) / n - 1.0
+
+
+def base_grid(size, align_corners, dtype=tf.float32):
+    """Homogeneous normalised coordinates of every output pixel.
+
+    Args:
+        size: `(H, W)` of the output, Python ints or scalar integer tensors.
+        align_corners: see the module docstring.
+        dtype: floating dtype of the result. Defaults to `tf.float32`.
+
+    Returns:
+        An `(H, W, 3)` tensor whose last axis is `(x, y, 1)`.
+    """
+    height, width = size
+    ys = linspace_normalized(height, align_corners, dtype)  # H
+    xs = linspace_normalized(width, align_corners, dtype)  # W
+    y, x = tf.meshgrid(ys, xs, indexing="ij")  # HxW each
+    return tf.stack([x, y, tf.ones_like(x)], axis=-1)  # HxWx3
+
+
+def unnormalize(coord, size, align_corners):
+    """Map a normalised coordinate in [-1, 1] to a pixel coordinate along an axis of `size` pixels.
+
+    Args:
+        coord: normalised coordinates, any shape, floating.
+        size: number of pixels along the axis (Python int or scalar integer tensor).
+        align_corners: see the module docstring.
+
+    Returns:
+        Pixel coordinates of the same shape and dtype: 0 is the centre of the first pixel.
+    """
+    n = tf.cast(size, coord.dtype)
+    if align_corners:
+        return (coord + 1.0) / 2.0 * (n - 1.0)
+    return ((coord + 1.0) * n - 1.0) / 2.0
+
+
+def _reflect(coord, twice_low, twice_high):
+    """Reflect `coord` into [twice_low / 2, twice_high / 2] by folding at both ends, as PyTorch does."""
+    low = twice_low / 2.0
+    span = (twice_high - twice_low) / 2.0
+    safe_span = tf.maximum(span, 1.0)  # only used where span > 0
+    dist = tf.abs(coord - low)
+    extra = tf.math.floormod(dist, safe_span)
+    flips = tf.floor(dist / safe_span)
+    even = tf.equal(tf.math.floormod(flips, 2.0), 0.0)
+    reflected = tf.where(even, extra + low, safe_span - extra + low)
+    # A degenerate span (a single pixel with align_corners=True) reflects everything onto 0.
+    return tf.where(span > 0.0, reflected, tf.zeros_like(coord))
+
+
+def apply_padding(coord, size, padding_mode, align_corners):
+    """Move an out-of-image pixel coordinate where `padding_mode` reads it from (PyTorch's rule).
+
+    `"zeros"` leaves the coordinate alone (taps outside read as 0); `"border"` clips it to
+    `[0, size - 1]`; `"reflection"` folds it at the image borders (the pixel centres of the corner pixels
+    with `align_corners=True`, their outer edges otherwise) and then clips.
+
+    Args:
+        coord: pixel coordinates (see `unnormalize`), any shape, floating.
+        size: number of pixels along the axis (Python int or scalar integer tensor).
+        padding_mode: one of `PADDING_MODES`.
+        align_corners: see the module docstring.
+
+    Returns:
+        Coordinates of the same shape and dtype, finite for finite `coord` (the sampler masks non-finite
+        coordinates before they get here).
+    """
+    if padding_mode == "zeros":
+        return coord
+    n = tf.cast(size, coord.dtype)
+    if padding_mode == "reflection":
+        if align_corners:
+            coord = _reflect(coord, 0.0, 2.0 * (n - 1.0))
+        else:
+            coord = _reflect(coord, -1.0, 2.0 * n - 1.0)
+    return tf.clip_by_value(coord, 0.0, n - 1.0)
