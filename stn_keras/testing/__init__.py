@@ -1,0 +1,1 @@
+"""Shared checkers used by the test suite (and by users testing their own models)."""
