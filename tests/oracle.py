@@ -1,0 +1,75 @@
+"""Independent references for the ops: onnxruntime's CPU `GridSample` and `AffineGrid` (opset 20).
+
+onnxruntime's kernels are written independently of ours and their own tests are generated from PyTorch, so
+they stand in for `torch.nn.functional.grid_sample` / `affine_grid`; run in float64 they match PyTorch to
+float precision in all 18 mode x padding x align_corners combinations. (`onnx.reference` is not used: its
+bicubic + border clamps the coordinate instead of each tap and disagrees with PyTorch by up to 0.5.)
+"""
+
+import functools
+
+import numpy as np
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+# Our interpolation names -> ONNX opset-20 GridSample modes.
+ONNX_MODES = {"bilinear": "linear", "nearest": "nearest", "bicubic": "cubic"}
+
+
+def _session(nodes, inputs, output):
+    graph = helper.make_graph(
+        nodes,
+        "oracle",
+        [helper.make_tensor_value_info(name, dtype, None) for name, dtype in inputs],
+        [helper.make_tensor_value_info(output, TensorProto.DOUBLE, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+@functools.lru_cache(maxsize=None)
+def _grid_sample_session(interpolation, padding_mode, align_corners):
+    node = helper.make_node(
+        "GridSample",
+        ["X", "G"],
+        ["Y"],
+        mode=ONNX_MODES[interpolation],
+        padding_mode=padding_mode,
+        align_corners=int(align_corners),
+    )
+    return _session([node], [("X", TensorProto.DOUBLE), ("G", TensorProto.DOUBLE)], "Y")
+
+
+@functools.lru_cache(maxsize=None)
+def _affine_grid_session(align_corners):
+    node = helper.make_node("AffineGrid", ["T", "S"], ["G"], align_corners=int(align_corners))
+    return _session([node], [("T", TensorProto.DOUBLE), ("S", TensorProto.INT64)], "G")
+
+
+def grid_sample(images, grid, interpolation, padding_mode, align_corners):
+    """PyTorch-semantics grid sampling of NHWC `images` `(B, H, W, C)` at `grid` `(B, Ho, Wo, 2)`, float64."""
+    session = _grid_sample_session(interpolation, padding_mode, align_corners)
+    nchw = np.ascontiguousarray(np.asarray(images, np.float64).transpose(0, 3, 1, 2))
+    (out,) = session.run(None, {"X": nchw, "G": np.asarray(grid, np.float64)})
+    return out.transpose(0, 2, 3, 1)
+
+
+def affine_grid(theta, size, align_corners):
+    """PyTorch-semantics affine grid `(B, H, W, 2)` of `theta` `(B, 2, 3)` for `size = (H, W)`, float64."""
+    theta = np.asarray(theta, np.float64)
+    shape = np.array([theta.shape[0], 1, *size], np.int64)
+    (out,) = _affine_grid_session(align_corners).run(None, {"T": theta, "S": shape})
+    return out
+
+
+def random_thetas(rng, batch):
+    """Affine thetas `(batch, 2, 3)` that rotate, shear, zoom out and translate, some reaching outside."""
+    angle = rng.uniform(-np.pi, np.pi, batch)
+    scale = rng.uniform(0.6, 1.6, (batch, 2))
+    shear = rng.uniform(-0.4, 0.4, batch)
+    shift = rng.uniform(-0.5, 0.5, (batch, 2))
+    cos, sin = np.cos(angle), np.sin(angle)
+    rotation = np.stack([np.stack([cos, -sin], -1), np.stack([sin, cos], -1)], -2)  # Bx2x2
+    shear_m = np.stack([np.stack([np.ones(batch), shear], -1), np.stack([np.zeros(batch), np.ones(batch)], -1)], -2)
+    linear = rotation @ shear_m * scale[:, :, None]  # Bx2x2
+    return np.concatenate([linear, shift[:, :, None]], axis=-1)  # Bx2x3
