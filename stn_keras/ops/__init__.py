@@ -1,7 +1,16 @@
 """Differentiable, XLA-ready spatial-transformer ops (channels-last, PyTorch semantics)."""
 
 from stn_keras.ops.coordinates import PADDING_MODES
-from stn_keras.ops.grids import affine_grid
+from stn_keras.ops.grids import affine_grid, attention_grid, projective_grid
 from stn_keras.ops.sampling import INTERPOLATIONS, grid_sample
+from stn_keras.ops.tps import tps_grid
 
-__all__ = ["INTERPOLATIONS", "PADDING_MODES", "affine_grid", "grid_sample"]
+__all__ = [
+    "INTERPOLATIONS",
+    "PADDING_MODES",
+    "affine_grid",
+    "attention_grid",
+    "grid_sample",
+    "projective_grid",
+    "tps_grid",
+]

@@ -1,17 +1,18 @@
 """The transform families a spatial transformer can regress, behind one small interface.
 
-A `Transform` knows how many parameters it takes, which parameter vector is the identity, and how to
-turn a batch of flat parameter vectors `(B, P)` into a sampling grid `(B, H_out, W_out, 2)`. The layers
-use only this interface, so adding a family here makes it available to `SpatialTransformer`.
+A `Transform` knows how many parameters it takes, which parameter vector is the identity, and how
+to turn a batch of flat parameter vectors `(B, P)` into a sampling grid `(B, H_out, W_out, 2)`. The
+layers use only this interface, so adding a family here makes it available to `SpatialTransformer`.
 """
 
 import dataclasses
+import inspect
 from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
 
-from stn_keras.ops import grids
+from stn_keras.ops import grids, tps
 from stn_keras.ops.validation import check_choice
 
 
@@ -47,7 +48,19 @@ class Transform:
         return self.grid_fn(params, size, align_corners)
 
 
+def _attention():
+    # (s, t_x, t_y): see `grids.attention_grid`.
+    identity = np.array([1.0, 0.0, 0.0])
+
+    def grid_fn(params, size, align_corners):
+        params = tf.reshape(params, [-1, 3])  # Bx3
+        return grids.attention_grid(params, size, align_corners=align_corners)
+
+    return Transform("attention", identity, grid_fn)
+
+
 def _affine():
+    # Row-major theta (B, 2, 3): (a11, a12, t_x, a21, a22, t_y), see `grids.affine_grid`.
     identity = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
 
     def grid_fn(params, size, align_corners):
@@ -57,22 +70,77 @@ def _affine():
     return Transform("affine", identity, grid_fn)
 
 
-_FACTORIES = {"affine": _affine}
+def _projective():
+    # The first 8 row-major entries of the homography (h11, h12, h13, h21, h22, h23, h31, h32), with
+    # h33 fixed to 1, see `grids.projective_grid`.
+    identity = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0])
+
+    def grid_fn(params, size, align_corners):
+        ones = tf.ones_like(params[:, :1])  # Bx1
+        homography = tf.reshape(tf.concat([params, ones], axis=-1), [-1, 3, 3])  # Bx3x3
+        return grids.projective_grid(homography, size, align_corners=align_corners)
+
+    return Transform("projective", identity, grid_fn)
+
+
+def _tps(control_points=4):
+    # The targets of the K x K control points, flattened from (K, K, 2): (x, y) of the control
+    # point in row 0 column 0, then row 0 column 1, ... (x fastest, then y), see
+    # `tps.ThinPlateSpline`.
+    spline = tps.thin_plate_spline(control_points)
+    k = spline.control_points
+
+    def grid_fn(params, size, align_corners):
+        targets = tf.reshape(params, [-1, k, k, 2])  # BxKxKx2
+        return spline.grid(targets, size, align_corners=align_corners)
+
+    identity = spline.source_points.reshape(-1)
+    return Transform("tps", identity, grid_fn, {"control_points": k})
+
+
+_FACTORIES = {
+    "attention": _attention,
+    "affine": _affine,
+    "projective": _projective,
+    "tps": _tps,
+}
 TRANSFORMS = tuple(_FACTORIES)
 
 
 def get_transform(name, **options):
     """The `Transform` called `name`.
 
+    The families and their parameters `P` (each documented at its grid function):
+
+    * `"attention"`: 3, `(s, t_x, t_y)`, `grids.attention_grid`;
+    * `"affine"`: 6, row-major `theta`, `grids.affine_grid`;
+    * `"projective"`: 8, the row-major homography with `h33 = 1`, `grids.projective_grid`;
+    * `"tps"`: `2 * K * K`, the flattened `(K, K, 2)` targets of the control points,
+      `tps.ThinPlateSpline`. Option `control_points=K` (integer >= 2), defaults to `4` (the
+      paper's 16 points).
+
     Args:
         name: one of `TRANSFORMS`.
-        **options: family-specific options.
+        **options: family-specific options (only `"tps"` takes any).
 
     Returns:
         A `Transform`.
 
     Raises:
-        ValueError: for an unknown `name`.
+        ValueError: for an unknown `name`, an option the family does not take, or an invalid
+            option value.
+
+    Example:
+        >>> get_transform("tps", control_points=3).num_params
+        18
     """
     check_choice("transform", name, TRANSFORMS)
-    return _FACTORIES[name](**options)
+    factory = _FACTORIES[name]
+    accepted = tuple(inspect.signature(factory).parameters)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"Unknown option(s) {unknown} for the {name!r} transform. Expected options among "
+            f"{accepted}. Received: {options!r}"
+        )
+    return factory(**options)
