@@ -152,6 +152,13 @@ def grid_sample(
         >>> grid_sample(images, grid).shape
         TensorShape([2, 16, 16, 3])
     """
+    # The exporters find the sampler in a traced graph by this name scope (see `stn_keras.export`).
+    with tf.name_scope("grid_sample"):
+        return _grid_sample(images, grid, interpolation, padding_mode, align_corners)
+
+
+def _grid_sample(images, grid, interpolation, padding_mode, align_corners):
+    """The body of `grid_sample`, run inside its `grid_sample` name scope."""
     check_choice("interpolation", interpolation, INTERPOLATIONS)
     check_choice("padding_mode", padding_mode, coordinates.PADDING_MODES)
     check_bool("align_corners", align_corners)
