@@ -1,0 +1,213 @@
+"""`SpatialTransformer`: localisation network -> transform parameters -> grid -> sampler."""
+
+import numbers
+
+import keras
+import tensorflow as tf
+
+from stn_keras.layers.localization import default_localization
+from stn_keras.layers.sampler import TransformSampler
+from stn_keras.ops.validation import check_bool
+
+
+def scale_gradient(x, scale):
+    """`x` in the forward pass; its gradient multiplied by `scale` in the backward pass."""
+    if scale == 1.0:
+        return x
+    # stop_gradient(x) + scale * (x - stop_gradient(x)) is exactly x, with gradient `scale`.
+    stopped = tf.stop_gradient(x)
+    return stopped + scale * (x - stopped)
+
+
+@keras.saving.register_keras_serializable(package="stn_keras")
+class SpatialTransformer(keras.layers.Layer):
+    """A spatial transformer (Jaderberg et al., 2015): the network learns where to look.
+
+    A localisation network maps the input to features; a final dense layer, added by this layer,
+    regresses the parameters of the transform family from them; the transform's sampling grid then
+    resamples the input (with `TransformSampler`). The regression layer starts with a zero kernel
+    and the identity's parameters as bias, so the initial transform is exactly the identity and the
+    layer initially reproduces its input (to float precision, with `output_size=None`).
+
+    The paper trains the localisation branch with a smaller learning rate than the rest of the
+    network. With SGD (with or without momentum) `localization_gradient_scale` does exactly that: it
+    multiplies the gradients of the localisation network and the regression layer (and only those).
+    Adaptive optimizers (Adam, RMSprop) normalise away a constant gradient scale; with them the
+    identity initialisation usually suffices, and otherwise a smaller global learning rate is the
+    tool.
+
+    Under a mixed precision policy (`mixed_float16`, `mixed_bfloat16`) the images flow in the
+    compute dtype, while the regression layer, the parameters and the grid coordinates stay float32.
+
+    Args:
+        localization: any Keras layer or model mapping the input `(B, H, W, C)` to features (any
+            rank; they are flattened and must have a static size). `None` uses
+            `default_localization()`. Defaults to `None`.
+        output_size: `(H_out, W_out)` of the output, or `None` to keep the input's size (which may
+            be dynamic). A smaller size downsamples, a larger one upsamples. Defaults to `None`.
+        transform: the transform family, one of `stn_keras.ops.transforms.TRANSFORMS`. Defaults to
+            `"affine"`.
+        transform_options: dict of family options, e.g. `{"control_points": 4}` for `"tps"`.
+            Defaults to `None`.
+        interpolation: `"bilinear"`, `"nearest"` or `"bicubic"`. Defaults to `"bilinear"`.
+        padding_mode: `"zeros"`, `"border"` or `"reflection"`. Defaults to `"zeros"`.
+        align_corners: see `stn_keras.ops.coordinates`. Defaults to `False`.
+        return_transform: whether to also return the transform parameters `(B, P)` (for plots and
+            regularisers). Defaults to `False`.
+        localization_gradient_scale: positive factor on the gradient that reaches the localisation
+            branch (see above). Defaults to `1.0`.
+        **kwargs: base layer arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: images `(B, H, W, C)`.
+
+    Returns:
+        The transformed images `(B, H_out, W_out, C)`, or with `return_transform=True` a tuple
+        `(images, params)` with the float32 parameters `(B, P)`.
+
+    Raises:
+        ValueError: for an invalid constructor argument or an input that is not rank 4.
+
+    Example:
+        >>> model = keras.Sequential([
+        ...     keras.Input((42, 42, 1)),
+        ...     SpatialTransformer(output_size=(28, 28)),
+        ...     keras.layers.Conv2D(16, 3, activation="relu"),
+        ...     keras.layers.GlobalMaxPooling2D(),
+        ...     keras.layers.Dense(10),
+        ... ])
+        >>> model.output_shape
+        (None, 10)
+    """
+
+    def __init__(
+        self,
+        localization=None,
+        output_size=None,
+        transform="affine",
+        transform_options=None,
+        interpolation="bilinear",
+        padding_mode="zeros",
+        align_corners=False,
+        return_transform=False,
+        localization_gradient_scale=1.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if localization is not None and not isinstance(localization, keras.layers.Layer):
+            raise ValueError(
+                "Invalid value for argument `localization`. Expected a Keras layer or model, or "
+                f"`None`. Received: localization={localization!r}"
+            )
+        check_bool("return_transform", return_transform)
+        if (
+            not isinstance(localization_gradient_scale, numbers.Real)
+            or isinstance(localization_gradient_scale, bool)
+            or not localization_gradient_scale > 0
+        ):
+            raise ValueError(
+                "Invalid value for argument `localization_gradient_scale`. Expected a positive "
+                f"number. Received: localization_gradient_scale={localization_gradient_scale!r}"
+            )
+        self.localization = localization
+        self._default_localization = localization is None
+        self.return_transform = return_transform
+        self.localization_gradient_scale = float(localization_gradient_scale)
+        # The sampler validates the transform and sampling arguments; it has no weights.
+        self.sampler = TransformSampler(
+            transform=transform,
+            transform_options=transform_options,
+            output_size=output_size,
+            interpolation=interpolation,
+            padding_mode=padding_mode,
+            align_corners=align_corners,
+            dtype=self.dtype_policy,
+            name="sampler",
+        )
+
+    @property
+    def num_params(self):
+        """Number of transform parameters `P` the layer regresses."""
+        return self.sampler.num_params
+
+    def _check_input_shape(self, input_shape):
+        shape = tf.TensorShape(input_shape)
+        if shape.rank != 4:
+            raise ValueError(
+                "Input to `SpatialTransformer` must be a rank-4 tensor of shape (B, H, W, C). "
+                f"Received: inputs.shape={shape}"
+            )
+        return shape
+
+    def build(self, input_shape):
+        shape = self._check_input_shape(input_shape)
+        if self.localization is None:
+            self.localization = default_localization(dtype=self.dtype_policy)
+        if not self.localization.built:
+            self.localization.build(tuple(shape.as_list()))
+        features_shape = self.localization.compute_output_shape(tuple(shape.as_list()))
+        self.flatten = keras.layers.Flatten(dtype=self.dtype_policy, name="flatten")
+        flat_shape = self.flatten.compute_output_shape(features_shape)
+        if flat_shape[-1] is None:
+            raise ValueError(
+                "The localisation network must output features of a static size. "
+                f"Received: features of shape {features_shape} for inputs of shape {shape}"
+            )
+        identity = self.sampler.family.identity
+        # Zero kernel + identity bias: the initial transform is exactly the identity. The
+        # regression runs in the variable dtype (float32 under mixed precision): no rounding.
+        self.regression = keras.layers.Dense(
+            self.num_params,
+            kernel_initializer="zeros",
+            bias_initializer=keras.initializers.Constant(identity.tolist()),
+            dtype=self.dtype_policy.variable_dtype,
+            name="regression",
+        )
+        self.regression.build(flat_shape)
+        self.sampler.build([tuple(shape.as_list()), (shape[0], self.num_params)])
+
+    def call(self, inputs):
+        self._check_input_shape(inputs.shape)
+        features = self.flatten(self.localization(inputs))
+        params = scale_gradient(self.regression(features), self.localization_gradient_scale)
+        outputs = self.sampler([inputs, params])
+        if self.return_transform:
+            return outputs, params
+        return outputs
+
+    def compute_output_shape(self, input_shape):
+        shape = self._check_input_shape(input_shape)
+        outputs = self.sampler.compute_output_shape([shape, (shape[0], self.num_params)])
+        if self.return_transform:
+            return outputs, (shape[0], self.num_params)
+        return outputs
+
+    def get_config(self):
+        sampler = self.sampler.get_config()
+        localization = None
+        if not self._default_localization:
+            localization = keras.saving.serialize_keras_object(self.localization)
+        return {
+            **super().get_config(),
+            "localization": localization,
+            **{
+                key: sampler[key]
+                for key in (
+                    "output_size",
+                    "transform",
+                    "transform_options",
+                    "interpolation",
+                    "padding_mode",
+                    "align_corners",
+                )
+            },
+            "return_transform": self.return_transform,
+            "localization_gradient_scale": self.localization_gradient_scale,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if config.get("localization") is not None:
+            config["localization"] = keras.saving.deserialize_keras_object(config["localization"])
+        return cls(**config)
