@@ -9,12 +9,15 @@ from stn_keras.ops import (
     projective_grid,
     tps_grid,
 )
+from stn_keras.layers import SpatialTransformer, TransformSampler
 
 __version__ = "0.1.0"
 
 __all__ = [
     "INTERPOLATIONS",
     "PADDING_MODES",
+    "SpatialTransformer",
+    "TransformSampler",
     "affine_grid",
     "attention_grid",
     "grid_sample",
