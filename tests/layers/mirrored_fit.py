@@ -1,0 +1,61 @@
+"""Train a model with a SpatialTransformer under `tf.distribute.MirroredStrategy` on 2 logical CPUs.
+
+Run as a script (by `test_distribution.py`, in a fresh process): logical devices must be configured
+before TensorFlow initialises, which other tests in a pytest worker may already have done. Prints
+one JSON line with what the test checks.
+"""
+
+import json
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from stn_keras import SpatialTransformer  # noqa: E402
+
+
+def main():
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        model = keras.Sequential(
+            [
+                keras.Input((16, 16, 1)),
+                SpatialTransformer(output_size=(8, 8), name="st"),
+                keras.layers.Flatten(),
+                keras.layers.Dense(3),
+            ]
+        )
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.1),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+    rng = np.random.default_rng(0)
+    images = rng.random((16, 16, 16, 1)).astype("float32")
+    labels = np.arange(16) % 3
+    regression = model.get_layer("st").regression
+    before = regression.kernel.numpy().copy()
+    history = model.fit(images, labels, batch_size=8, epochs=2, verbose=0)
+    print(
+        json.dumps(
+            {
+                "replicas": strategy.num_replicas_in_sync,
+                "mirrored": isinstance(regression.kernel.value, tf.distribute.DistributedValues),
+                "losses": history.history["loss"],
+                "regression_moved": bool(np.any(regression.kernel.numpy() != before)),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
