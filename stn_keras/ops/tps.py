@@ -113,7 +113,8 @@ class ThinPlateSpline:
 
     def _solve(self, targets, dtype):
         flat = tf.reshape(tf.cast(targets, dtype), [-1, self.num_points, 2])  # BxNx2
-        return tf.einsum("kn,bnc->bkc", tf.constant(self._solver, dtype), flat)  # Bx(N+3)x2
+        solver = tf.constant(self._solver, dtype)  # (N+3)xN
+        return grids.transform_points(solver, tf.transpose(flat, [0, 2, 1]))  # Bx(N+3)x2
 
     def grid(self, targets, size, align_corners=False):
         """Sampling grid of a batch of splines.
@@ -141,7 +142,8 @@ class ThinPlateSpline:
         basis = tf.concat(
             [_kernel(squared), tf.ones_like(points[:, :1]), points], axis=-1
         )  # (H*W)x(N+3), columns matching [w; a]
-        grid = tf.einsum("pk,bkc->bpc", basis, self._solve(targets, dtype))  # Bx(H*W)x2
+        coeffs = tf.transpose(self._solve(targets, dtype), [0, 2, 1])  # Bx2x(N+3)
+        grid = grids.transform_points(basis, coeffs)  # Bx(H*W)x2
         shape = [coordinates.dim(targets, 0), coordinates.dim(base, 0), coordinates.dim(base, 1), 2]
         return tf.cast(tf.reshape(grid, shape), targets.dtype)  # BxHxWx2
 
