@@ -1,0 +1,38 @@
+"""The implementations the benchmark races, one module per family.
+
+Each family module has `build(case, inputs, task)`, returning a dict of contender name ->
+`Contender` for the tasks it applies to (`benchmarks.suite.TASKS`), and nothing where it does
+not apply.
+"""
+
+import dataclasses
+from collections.abc import Callable
+
+
+@dataclasses.dataclass(frozen=True)
+class Contender:
+    """One timed implementation of one task.
+
+    Attributes:
+        run: zero-argument callable that does the work to completion and returns its result.
+        to_numpy: for forward contenders, maps `run()`'s result to the `(B, H_out, W_out, C)` numpy
+            output, so the harness can check that every contender computes the same thing;
+            `None` for contenders whose output is not a warp (the memcpy floor) or for backward
+            passes.
+    """
+
+    run: Callable
+    to_numpy: Callable | None = None
+
+
+def family_modules():
+    """The family modules by family name; a missing optional package empties only its family."""
+    from benchmarks.contenders import memcpy, onnx_graphs, ours, tf_builtin, torch_native
+
+    return {
+        "ours": ours,
+        "torch": torch_native,
+        "tf": tf_builtin,
+        "onnx": onnx_graphs,
+        "memcpy": memcpy,
+    }

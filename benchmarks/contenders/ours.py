@@ -1,0 +1,43 @@
+"""stn-keras's `affine_grid` + `grid_sample`, eagerly, in `tf.function` and XLA-compiled."""
+
+import tensorflow as tf
+
+from benchmarks.contenders import Contender
+from stn_keras import affine_grid, grid_sample
+
+
+def _functions(out_size):
+    def forward(images, theta):
+        return grid_sample(images, affine_grid(theta, out_size))
+
+    def backward_theta(images, theta, upstream):
+        with tf.GradientTape() as tape:
+            tape.watch(theta)
+            out = forward(images, theta)
+        return tape.gradient(out, theta, output_gradients=upstream)
+
+    def backward_all(images, theta, upstream):
+        with tf.GradientTape() as tape:
+            tape.watch([images, theta])
+            out = forward(images, theta)
+        return tape.gradient(out, [images, theta], output_gradients=upstream)
+
+    return {"forward": forward, "backward_theta": backward_theta, "backward_all": backward_all}
+
+
+def build(case, inputs, task):
+    """Contenders `ours-eager`, `ours-graph` and `ours-xla` for any task."""
+    fn = _functions(case.out_size)[task]
+    tensors = {name: tf.constant(value) for name, value in inputs.items()}
+    args = (tensors["images"], tensors["theta"])
+    if task != "forward":
+        args += (tensors["upstream"],)
+    to_numpy = (lambda out: out.numpy()) if task == "forward" else None
+    variants = {
+        "ours-eager": fn,
+        "ours-graph": tf.function(fn),
+        "ours-xla": tf.function(fn, jit_compile=True),
+    }
+    return {
+        name: Contender(run=lambda f=f: f(*args), to_numpy=to_numpy) for name, f in variants.items()
+    }

@@ -1,0 +1,82 @@
+"""Peak memory of a backward pass, as the rise of the process's peak resident set size.
+
+Run in a child process (`python -m benchmarks.memory CASES_JSON`) started with a fixed glibc mmap
+threshold, so that every large buffer is mapped on allocation and unmapped on release: then the
+peak RSS during one call, minus the RSS before it, is the memory that call needed at its peak, for
+TensorFlow, XLA and PyTorch alike (none of them caches CPU buffers). Linux only
+(`/proc/self/clear_refs`).
+"""
+
+import gc
+import json
+import os
+import subprocess
+import sys
+
+from benchmarks.suite import Case, make_inputs
+
+MEMORY_TASK = "backward_all"
+MEMORY_CONTENDERS = ("ours-graph", "ours-xla", "torch-nchw", "torch-cl")
+_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+
+
+def _status_kib(field):
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"No {field} in /proc/self/status")
+
+
+def peak_rise_mib(fn):
+    """MiB by which one call of `fn` raises the resident set size above its level before it."""
+    fn()
+    fn()  # compiled, allocators warm
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")  # resets VmHWM to the current RSS
+    before = _status_kib("VmRSS")
+    fn()
+    return (_status_kib("VmHWM") - before) / 1024.0
+
+
+def measure(cases):
+    """`[{case, contender, task, peak_mib}]` for `MEMORY_CONTENDERS` on each case."""
+    from benchmarks.contenders import ours, torch_native
+
+    results = []
+    for case in cases:
+        inputs = make_inputs(case)
+        contenders = {}
+        for module in (ours, torch_native):
+            contenders.update(module.build(case, inputs, MEMORY_TASK))
+        for name in MEMORY_CONTENDERS:
+            if name in contenders:
+                peak = peak_rise_mib(contenders[name].run)
+                results.append(
+                    {"case": case.name, "contender": name, "task": MEMORY_TASK, "peak_mib": peak}
+                )
+    return results
+
+
+def measure_in_child(cases, timeout_s=900):
+    """Run `measure` in a fresh Python with the allocator settings above; returns its records."""
+    payload = json.dumps([vars(case) for case in cases])
+    env = {**os.environ, **_ENV}
+    child = subprocess.run(
+        [sys.executable, "-m", "benchmarks.memory", payload],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout_s,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    if child.returncode != 0:
+        raise RuntimeError(f"Memory measurement failed:\n{child.stderr[-2000:]}")
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    cases = [Case(**fields) for fields in json.loads(sys.argv[1])]
+    print(json.dumps(measure(cases)))

@@ -1,0 +1,126 @@
+"""Results as JSON (for comparing runs) and as markdown tables of times and ratios."""
+
+import json
+
+TASK_TITLES = {
+    "forward": "Forward",
+    "backward_theta": "Forward + backward w.r.t. theta (an STN on the network's input)",
+    "backward_all": "Forward + backward w.r.t. images and theta (an STN mid-network)",
+}
+# Column order of the tables; contenders missing from a run are left out.
+COLUMNS = (
+    "ours-xla",
+    "ours-graph",
+    "ours-eager",
+    "torch-nchw",
+    "torch-cl",
+    "tf-projective",
+    "keras-map-coordinates",
+    "onnx-ours",
+    "onnx-native",
+    "memcpy",
+)
+REFERENCE = "ours-xla"
+
+
+def write_json(path, results):
+    with open(path, "w") as file:
+        json.dump(results, file, indent=1)
+
+
+def _cell(record):
+    if record is None:
+        return ""
+    if "error" in record:
+        return "error"
+    return f"{record['median_ms']:.3g}"
+
+
+def _ratio(record, reference):
+    if not record or not reference or "error" in record or "error" in reference:
+        return ""
+    return f"{record['median_ms'] / reference['median_ms']:.2f}"
+
+
+def _table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def markdown(results):
+    """The markdown report of `results` (the dict `benchmarks.run` writes as JSON)."""
+    machine = results["machine"]
+    load = ", ".join(f"{a:.2f}" for a in machine["loadavg_start"])
+    load_end = ", ".join(f"{a:.2f}" for a in machine["loadavg_end"])
+    lines = [
+        "# grid_sample benchmark",
+        "",
+        f"`{results['command']}` at {results['date']} (commit `{results['commit']}`).",
+        "",
+        f"Machine: {machine['cpu_model']}, {machine['cpu_count']} logical CPUs, load average "
+        f"{load} at the start and {load_end} at the end; {machine['platform']}.",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in machine["versions"].items()) + ".",
+        "",
+        "Work: `affine_grid` + `grid_sample` (bilinear, zeros padding, align_corners=False), "
+        "float32, channels-last unless the name says otherwise. Times are medians over "
+        f"{results['rounds']} interleaved rounds, in milliseconds; ratios are a contender's time "
+        f"over `{REFERENCE}`'s, so a ratio above 1 means `{REFERENCE}` is faster. `memcpy` copies "
+        "as many bytes as the output holds: the bandwidth floor.",
+    ]
+    records = results["timings"]
+    cases = list(dict.fromkeys(r["case"] for r in records))
+    for task, title in TASK_TITLES.items():
+        by_key = {(r["case"], r["contender"]): r for r in records if r["task"] == task}
+        columns = [c for c in COLUMNS if any((case, c) in by_key for case in cases)]
+        if not columns:
+            continue
+        lines += ["", f"## {title}", "", "Time (ms):", ""]
+        rows = [[case] + [_cell(by_key.get((case, c))) for c in columns] for case in cases]
+        lines += _table(["case"] + columns, rows)
+        others = [c for c in columns if c != REFERENCE]
+        if REFERENCE in columns and others:
+            lines += ["", f"Time relative to `{REFERENCE}`:", ""]
+            rows = [
+                [case]
+                + [_ratio(by_key.get((case, c)), by_key.get((case, REFERENCE))) for c in others]
+                for case in cases
+            ]
+            lines += _table(["case"] + others, rows)
+    if results.get("memory"):
+        memory = {(r["case"], r["contender"]): r["peak_mib"] for r in results["memory"]}
+        columns = [c for c in COLUMNS if any((case, c) in memory for case in cases)]
+        lines += [
+            "",
+            "## Peak memory of forward + backward w.r.t. images and theta",
+            "",
+            "Rise of the peak resident set size during one call, MiB (see `benchmarks/memory.py`):",
+            "",
+        ]
+        rows = [
+            [case] + [f"{memory[(case, c)]:.1f}" if (case, c) in memory else "" for c in columns]
+            for case in cases
+        ]
+        lines += _table(["case"] + columns, rows)
+    checks = results.get("checks", [])
+    if checks:
+        lines += [
+            "",
+            "## Checks",
+            "",
+            "Largest absolute difference of each forward output from `ours-graph`'s "
+            "(inputs ~ N(0, 1)):",
+            "",
+        ]
+        names = list(dict.fromkeys(c["contender"] for c in checks))
+        diffs = {(c["case"], c["contender"]): c["max_abs_diff"] for c in checks}
+        rows = [
+            [case] + [f"{diffs[(case, n)]:.1e}" if (case, n) in diffs else "" for n in names]
+            for case in cases
+        ]
+        lines += _table(["case"] + names, rows)
+    errors = [r for r in records if "error" in r]
+    if errors:
+        lines += ["", "## Errors", ""]
+        lines += [f"- {r['case']} {r['task']} {r['contender']}: {r['error']}" for r in errors]
+    return "\n".join(lines) + "\n"

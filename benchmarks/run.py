@@ -1,0 +1,203 @@
+"""Time our sampler against the alternatives, side by side in one run; write JSON and markdown.
+
+    python -m benchmarks.run --out benchmarks/results            # the full suite, a few minutes
+    python -m benchmarks.run --out /tmp/bench --quick            # one tiny shape, a smoke test
+
+Writes `OUT/NAME.json` (every timing, the machine, versions and load) and `OUT/NAME.md` (tables of
+times and of ratios to `ours-xla`). torch (the `bench` extra) and onnxruntime (`export`) are
+optional: their columns are left out when they are not importable.
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import subprocess
+import sys
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+from benchmarks import memory, report, timing  # noqa: E402
+from benchmarks.suite import QUICK_SUITE, SUITE, TASKS  # noqa: E402
+
+FAMILIES = ("ours", "torch", "tf", "onnx", "memcpy")
+# The forward outputs are compared with this contender's.
+CHECK_REFERENCE = "ours-graph"
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--out", required=True, help="directory for NAME.json and NAME.md")
+    parser.add_argument("--name", default="results", help="file name stem. Defaults to `results`.")
+    parser.add_argument("--quick", action="store_true", help="one tiny shape, few rounds")
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="timed rounds (default 9, quick 3)"
+    )
+    parser.add_argument(
+        "--families",
+        default=",".join(FAMILIES),
+        help=f"comma-separated contender families to run, from {FAMILIES}. Defaults to all.",
+    )
+    parser.add_argument("--tasks", default=",".join(TASKS), help=f"from {TASKS}. Defaults to all.")
+    parser.add_argument(
+        "--no-memory", action="store_true", help="skip the peak-memory child process"
+    )
+    args = parser.parse_args(argv)
+    args.families = [f for f in args.families.split(",") if f]
+    args.tasks = [t for t in args.tasks.split(",") if t]
+    for value, allowed, flag in (
+        (args.families, FAMILIES, "families"),
+        (args.tasks, TASKS, "tasks"),
+    ):
+        unknown = sorted(set(value) - set(allowed))
+        if unknown:
+            parser.error(
+                f"Invalid value for argument `--{flag}`. Expected a subset of {allowed}. "
+                f"Received: {unknown}"
+            )
+    if args.rounds is None:
+        args.rounds = 3 if args.quick else 9
+    return args
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _commit():
+    try:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=root,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _machine(modules):
+    import keras
+    import tensorflow as tf
+
+    versions = {"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__}
+    for module in modules.values():
+        if hasattr(module, "describe"):
+            versions.update({k: v for k, v in module.describe().items() if v is not None})
+    return {
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": versions,
+        "loadavg_start": list(os.getloadavg()),
+    }
+
+
+def _check_forward(case, contenders):
+    """Max |output - reference output| of every forward contender that yields a warp."""
+    outputs = {}
+    for name, contender in contenders.items():
+        if contender.to_numpy is not None:
+            try:
+                outputs[name] = contender.to_numpy(contender.run())
+            except Exception:  # reported by the timing as an error
+                continue
+    reference = outputs.get(CHECK_REFERENCE)
+    if reference is None:
+        return []
+    return [
+        {
+            "case": case.name,
+            "contender": name,
+            "max_abs_diff": float(np.max(np.abs(out - reference)))
+            if out.shape == reference.shape
+            else float("inf"),
+        }
+        for name, out in outputs.items()
+        if name != CHECK_REFERENCE
+    ]
+
+
+def main(argv=None):
+    """Run the benchmark; returns the results dict it wrote."""
+    args = _parse(argv)
+    from benchmarks.contenders import family_modules
+
+    modules = {name: module for name, module in family_modules().items() if name in args.families}
+    results = {
+        "command": "python -m benchmarks.run "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": _commit(),
+        "rounds": args.rounds,
+        "machine": _machine(modules),
+        "timings": [],
+        "checks": [],
+        "memory": [],
+    }
+    cases = QUICK_SUITE if args.quick else SUITE
+    from benchmarks.suite import make_inputs
+
+    for case in cases:
+        inputs = make_inputs(case)
+        for task in args.tasks:
+            contenders = {}
+            for family, module in modules.items():
+                try:
+                    contenders.update(module.build(case, inputs, task))
+                except Exception as error:  # e.g. a conversion that fails: report, keep going
+                    results["timings"].append(
+                        {
+                            "case": case.name,
+                            "task": task,
+                            "contender": family,
+                            "error": f"{type(error).__name__}: {error}"[:500],
+                        }
+                    )
+            if task == "forward":
+                results["checks"] += _check_forward(case, contenders)
+            timings = timing.time_interleaved(
+                {name: c.run for name, c in contenders.items()}, rounds=args.rounds
+            )
+            for name, stats in timings.items():
+                results["timings"].append(
+                    {"case": case.name, "task": task, "contender": name, **stats}
+                )
+            print(_progress(case, task, timings), flush=True)
+    if not args.no_memory and "backward_all" in args.tasks and "ours" in modules:
+        results["memory"] = memory.measure_in_child(cases)
+    results["machine"]["loadavg_end"] = list(os.getloadavg())
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, args.name)
+    report.write_json(stem + ".json", results)
+    with open(stem + ".md", "w") as file:
+        file.write(report.markdown(results))
+    print(f"Wrote {stem}.json and {stem}.md")
+    return results
+
+
+def _progress(case, task, timings):
+    cells = [
+        f"{name} {stats['median_ms']:.3g}" if "median_ms" in stats else f"{name} error"
+        for name, stats in timings.items()
+    ]
+    return f"{case.name} {task}: " + ", ".join(cells) + " (ms)"
+
+
+if __name__ == "__main__":
+    main()
