@@ -27,7 +27,7 @@ def _session(nodes, inputs, output):
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _grid_sample_session(interpolation, padding_mode, align_corners):
     node = helper.make_node(
         "GridSample",
@@ -40,7 +40,7 @@ def _grid_sample_session(interpolation, padding_mode, align_corners):
     return _session([node], [("X", TensorProto.DOUBLE), ("G", TensorProto.DOUBLE)], "Y")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _affine_grid_session(align_corners):
     node = helper.make_node("AffineGrid", ["T", "S"], ["G"], align_corners=int(align_corners))
     return _session([node], [("T", TensorProto.DOUBLE), ("S", TensorProto.INT64)], "G")
@@ -70,6 +70,8 @@ def random_thetas(rng, batch):
     shift = rng.uniform(-0.5, 0.5, (batch, 2))
     cos, sin = np.cos(angle), np.sin(angle)
     rotation = np.stack([np.stack([cos, -sin], -1), np.stack([sin, cos], -1)], -2)  # Bx2x2
-    shear_m = np.stack([np.stack([np.ones(batch), shear], -1), np.stack([np.zeros(batch), np.ones(batch)], -1)], -2)
+    shear_m = np.stack(
+        [np.stack([np.ones(batch), shear], -1), np.stack([np.zeros(batch), np.ones(batch)], -1)], -2
+    )
     linear = rotation @ shear_m * scale[:, :, None]  # Bx2x2
     return np.concatenate([linear, shift[:, :, None]], axis=-1)  # Bx2x3

@@ -29,21 +29,30 @@ def test_matches_onnx_affine_grid(size, align_corners, mode):
 @pytest.mark.parametrize("align_corners", [False, True])
 def test_identity_theta_gives_pixel_centres(align_corners):
     height, width = 3, 4
-    grid = affine_grid(tf.constant([[[1.0, 0, 0], [0, 1.0, 0]]], tf.float64), (height, width),
-                       align_corners=align_corners)[0].numpy()
+    grid = affine_grid(
+        tf.constant([[[1.0, 0, 0], [0, 1.0, 0]]], tf.float64),
+        (height, width),
+        align_corners=align_corners,
+    )[0].numpy()
     if align_corners:
         xs, ys = np.linspace(-1, 1, width), np.linspace(-1, 1, height)
     else:  # pixel centres of a [-1, 1] span cut into equal cells
-        xs, ys = (np.arange(width) + 0.5) / width * 2 - 1, (np.arange(height) + 0.5) / height * 2 - 1
+        xs, ys = (
+            (np.arange(width) + 0.5) / width * 2 - 1,
+            (np.arange(height) + 0.5) / height * 2 - 1,
+        )
     np.testing.assert_allclose(grid[..., 0], np.broadcast_to(xs, (height, width)), atol=1e-15)
-    np.testing.assert_allclose(grid[..., 1], np.broadcast_to(ys[:, None], (height, width)), atol=1e-15)
+    np.testing.assert_allclose(
+        grid[..., 1], np.broadcast_to(ys[:, None], (height, width)), atol=1e-15
+    )
 
 
 @pytest.mark.parametrize("align_corners", [False, True])
 def test_single_pixel_axis_sits_at_zero(align_corners):
     # PyTorch's linspace_from_neg_one returns 0 for a single step, whatever align_corners says.
-    grid = affine_grid(tf.constant([[[1.0, 0, 0.25], [0, 1.0, -0.5]]]), (1, 1),
-                       align_corners=align_corners)
+    grid = affine_grid(
+        tf.constant([[[1.0, 0, 0.25], [0, 1.0, -0.5]]]), (1, 1), align_corners=align_corners
+    )
     np.testing.assert_allclose(grid.numpy().reshape(2), [0.25, -0.5])
 
 

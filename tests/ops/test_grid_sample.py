@@ -27,7 +27,9 @@ def _random_case(seed, dtype=np.float64, batch=3, in_size=(5, 7), out_size=(6, 9
 @pytest.mark.parametrize("interpolation, padding_mode, align_corners", COMBOS, ids=COMBO_IDS)
 def test_matches_onnxruntime_grid_sample(interpolation, padding_mode, align_corners, mode):
     images, grid = _random_case(seed=len(mode))
-    options = dict(interpolation=interpolation, padding_mode=padding_mode, align_corners=align_corners)
+    options = dict(
+        interpolation=interpolation, padding_mode=padding_mode, align_corners=align_corners
+    )
     got = run_op(grid_sample, images, grid, mode=mode, **options)
     want = oracle.grid_sample(images, grid, **options)
     assert got.shape == want.shape == (3, 6, 9, 3)
@@ -39,8 +41,12 @@ def test_matches_onnxruntime_grid_sample(interpolation, padding_mode, align_corn
 def test_float32_matches_onnxruntime_to_float_precision(
     interpolation, padding_mode, align_corners, mode
 ):
-    images, grid = _random_case(seed=7, dtype=np.float32, batch=2, in_size=(16, 11), out_size=(9, 20))
-    options = dict(interpolation=interpolation, padding_mode=padding_mode, align_corners=align_corners)
+    images, grid = _random_case(
+        seed=7, dtype=np.float32, batch=2, in_size=(16, 11), out_size=(9, 20)
+    )
+    options = dict(
+        interpolation=interpolation, padding_mode=padding_mode, align_corners=align_corners
+    )
     got = run_op(grid_sample, images, grid, mode=mode, **options)
     want = oracle.grid_sample(images, grid, **options)
     np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=2e-5)
@@ -64,8 +70,13 @@ def _ramp(shape=(2, 6, 6, 3)):
 @pytest.mark.parametrize("interpolation, padding_mode, align_corners", COMBOS, ids=COMBO_IDS)
 def test_identity_theta_returns_input(interpolation, padding_mode, align_corners):
     images = _ramp((2, 5, 7, 3))
-    out = _warp(images, [[1, 0, 0], [0, 1, 0]], interpolation=interpolation,
-                padding_mode=padding_mode, align_corners=align_corners)
+    out = _warp(
+        images,
+        [[1, 0, 0], [0, 1, 0]],
+        interpolation=interpolation,
+        padding_mode=padding_mode,
+        align_corners=align_corners,
+    )
     np.testing.assert_allclose(out, images, atol=1e-12)
 
 
@@ -74,8 +85,9 @@ def test_identity_theta_returns_input(interpolation, padding_mode, align_corners
 def test_rotation_by_90_degrees_equals_rot90(interpolation, align_corners):
     images = _ramp()
     # Output (x, y) reads input (-y, x): out[i, j] = in[j, N - 1 - i], numpy's counter-clockwise rot90.
-    out = _warp(images, [[0, -1, 0], [1, 0, 0]], interpolation=interpolation,
-                align_corners=align_corners)
+    out = _warp(
+        images, [[0, -1, 0], [1, 0, 0]], interpolation=interpolation, align_corners=align_corners
+    )
     np.testing.assert_allclose(out, np.rot90(images, k=1, axes=(1, 2)), atol=1e-12)
 
 
@@ -84,10 +96,12 @@ def test_rotation_by_90_degrees_equals_rot90(interpolation, align_corners):
 def test_negated_axes_flip_the_image(interpolation, align_corners):
     images = _ramp((1, 4, 5, 2))
     options = dict(interpolation=interpolation, align_corners=align_corners)
-    np.testing.assert_allclose(_warp(images, [[-1, 0, 0], [0, 1, 0]], **options),
-                               images[:, :, ::-1], atol=1e-12)
-    np.testing.assert_allclose(_warp(images, [[1, 0, 0], [0, -1, 0]], **options),
-                               images[:, ::-1], atol=1e-12)
+    np.testing.assert_allclose(
+        _warp(images, [[-1, 0, 0], [0, 1, 0]], **options), images[:, :, ::-1], atol=1e-12
+    )
+    np.testing.assert_allclose(
+        _warp(images, [[1, 0, 0], [0, -1, 0]], **options), images[:, ::-1], atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("interpolation", INTERPOLATIONS)
@@ -97,17 +111,30 @@ def test_integer_shift_moves_pixels(interpolation, padding_mode, shift):
     images = _ramp((1, 4, 6, 2))
     width = images.shape[2]
     # align_corners=False: one pixel is 2 / W in normalised units.
-    out = _warp(images, [[1, 0, 2.0 * shift / width], [0, 1, 0]],
-                interpolation=interpolation, padding_mode=padding_mode)
+    out = _warp(
+        images,
+        [[1, 0, 2.0 * shift / width], [0, 1, 0]],
+        interpolation=interpolation,
+        padding_mode=padding_mode,
+    )
     columns = np.arange(width) + shift
     if padding_mode == "border":
         want = images[:, :, np.clip(columns, 0, width - 1)]
     elif padding_mode == "reflection":  # mirror about the outer pixel edges: -1 -> 0, W -> W - 1
-        want = images[:, :, np.where(columns < 0, -1 - columns,
-                                     np.where(columns >= width, 2 * width - 1 - columns, columns))]
+        want = images[
+            :,
+            :,
+            np.where(
+                columns < 0,
+                -1 - columns,
+                np.where(columns >= width, 2 * width - 1 - columns, columns),
+            ),
+        ]
     else:
         inside = (columns >= 0) & (columns < width)
-        want = np.where(inside[None, None, :, None], images[:, :, np.clip(columns, 0, width - 1)], 0)
+        want = np.where(
+            inside[None, None, :, None], images[:, :, np.clip(columns, 0, width - 1)], 0
+        )
     np.testing.assert_allclose(out, want, atol=1e-12)
 
 
@@ -147,6 +174,7 @@ def test_batched_equals_per_sample():
     images, grid = _random_case(seed=11, batch=4)
     batched = grid_sample(images, grid, interpolation="bicubic", padding_mode="reflection").numpy()
     for b in range(4):
-        single = grid_sample(images[b:b + 1], grid[b:b + 1], interpolation="bicubic",
-                             padding_mode="reflection").numpy()
-        np.testing.assert_array_equal(batched[b:b + 1], single)
+        single = grid_sample(
+            images[b : b + 1], grid[b : b + 1], interpolation="bicubic", padding_mode="reflection"
+        ).numpy()
+        np.testing.assert_array_equal(batched[b : b + 1], single)

@@ -22,9 +22,14 @@ def test_output_has_images_dtype_and_matches_reference(dtype, interpolation):
     grid = oracle.affine_grid(oracle.random_thetas(rng, 2), (4, 7), False).astype(np.float32)
     out = grid_sample(images, grid, interpolation=interpolation)
     assert out.dtype == images.dtype
-    want = oracle.grid_sample(tf.cast(images, tf.float64).numpy(), grid, interpolation, "zeros", False)
-    np.testing.assert_allclose(tf.cast(out, tf.float64).numpy(), want,
-                               atol=DTYPE_TOLERANCE[dtype] * (3 if interpolation == "bicubic" else 1))
+    want = oracle.grid_sample(
+        tf.cast(images, tf.float64).numpy(), grid, interpolation, "zeros", False
+    )
+    np.testing.assert_allclose(
+        tf.cast(out, tf.float64).numpy(),
+        want,
+        atol=DTYPE_TOLERANCE[dtype] * (3 if interpolation == "bicubic" else 1),
+    )
 
 
 def test_half_precision_images_keep_sub_pixel_coordinates():
@@ -42,10 +47,14 @@ def test_half_precision_images_keep_sub_pixel_coordinates():
 
 @pytest.mark.parametrize("mode", ["graph", "xla"])
 def test_dynamic_batch_and_spatial_sizes_under_one_trace(mode):
-    fn = tf.function(lambda x, g: grid_sample(x, g, interpolation="bicubic"),
-                     input_signature=[tf.TensorSpec([None, None, None, None]),
-                                      tf.TensorSpec([None, None, None, 2])],
-                     jit_compile=mode == "xla")
+    fn = tf.function(
+        lambda x, g: grid_sample(x, g, interpolation="bicubic"),
+        input_signature=[
+            tf.TensorSpec([None, None, None, None]),
+            tf.TensorSpec([None, None, None, 2]),
+        ],
+        jit_compile=mode == "xla",
+    )
     rng = np.random.default_rng(1)
     for batch, in_size, out_size, channels in [(1, (4, 5), (3, 3), 1), (3, (7, 2), (5, 8), 4)]:
         images = rng.normal(size=(batch, *in_size, channels)).astype(np.float32)
@@ -57,20 +66,32 @@ def test_dynamic_batch_and_spatial_sizes_under_one_trace(mode):
 
 @pytest.mark.parametrize("mode", ["eager", "xla"])
 def test_empty_batch_returns_empty_result(mode):
-    out = run_op(grid_sample, tf.zeros((0, 4, 5, 3)), tf.zeros((0, 2, 6, 2)), mode=mode,
-                 interpolation="bicubic", padding_mode="reflection")
+    out = run_op(
+        grid_sample,
+        tf.zeros((0, 4, 5, 3)),
+        tf.zeros((0, 2, 6, 2)),
+        mode=mode,
+        interpolation="bicubic",
+        padding_mode="reflection",
+    )
     assert out.shape == (0, 2, 6, 3)
 
 
 def test_flat_indices_do_not_overflow_past_two_to_the_31():
     # Virtual sizes only: B * H * W = 4 * 50_000 * 50_000 = 1e10 pixel rows, never allocated.
     batch, height, width = 4, 50_000, 50_000
-    last = flat_indices(tf.constant(batch - 1), tf.constant(height - 1), tf.constant(width - 1),
-                        height, width)
+    last = flat_indices(
+        tf.constant(batch - 1), tf.constant(height - 1), tf.constant(width - 1), height, width
+    )
     assert last.dtype == tf.int64
     assert int(last) == batch * height * width - 1 > 2**31
-    dynamic = flat_indices(tf.constant([3]), tf.constant([49_999]), tf.constant([12_345]),
-                           tf.constant(height), tf.constant(width))
+    dynamic = flat_indices(
+        tf.constant([3]),
+        tf.constant([49_999]),
+        tf.constant([12_345]),
+        tf.constant(height),
+        tf.constant(width),
+    )
     assert int(dynamic[0]) == (3 * height + 49_999) * width + 12_345
 
 
@@ -94,8 +115,14 @@ def test_wrong_shapes_raise_naming_the_shape(images_shape, grid_shape, message):
 
 @pytest.mark.parametrize(
     "option, value",
-    [("interpolation", "linear"), ("interpolation", "cubic"), ("padding_mode", "constant"),
-     ("padding_mode", None), ("align_corners", 1), ("align_corners", "False")],
+    [
+        ("interpolation", "linear"),
+        ("interpolation", "cubic"),
+        ("padding_mode", "constant"),
+        ("padding_mode", None),
+        ("align_corners", 1),
+        ("align_corners", "False"),
+    ],
 )
 def test_unknown_option_raises_naming_the_value(option, value):
     with pytest.raises(ValueError, match=f"{option}={value!r}"):
@@ -132,8 +159,8 @@ def test_bad_theta_never_raises_nor_touches_other_samples(interpolation, padding
     assert out.shape == (7, 4, 5, 2)
     assert np.all(np.isfinite(out))
     for b in (0, 6):  # the good samples are what they are alone (XLA may vectorise by the ulp)
-        alone = run_op(grid_sample, images[b:b + 1], grid[b:b + 1], mode=mode, **options)
-        np.testing.assert_allclose(out[b:b + 1], alone, rtol=0, atol=1e-6)
+        alone = run_op(grid_sample, images[b : b + 1], grid[b : b + 1], mode=mode, **options)
+        np.testing.assert_allclose(out[b : b + 1], alone, rtol=0, atol=1e-6)
     np.testing.assert_array_equal(out[1], 0.0, err_msg="a NaN coordinate reads as outside")
     if padding_mode == "zeros":
         np.testing.assert_array_equal(out[1:6], 0.0, err_msg="far-out points read zeros")

@@ -31,8 +31,15 @@ def _compiled(fn, jit):
 @pytest.mark.parametrize("interpolation", SMOOTH)
 def test_gradient_matches_finite_differences(interpolation, padding_mode, align_corners, jit):
     images, grid = _case(seed=3)
-    fn = _compiled(functools.partial(grid_sample, interpolation=interpolation,
-                                     padding_mode=padding_mode, align_corners=align_corners), jit)
+    fn = _compiled(
+        functools.partial(
+            grid_sample,
+            interpolation=interpolation,
+            padding_mode=padding_mode,
+            align_corners=align_corners,
+        ),
+        jit,
+    )
     theoretical, numerical = tf.test.compute_gradient(fn, [images, grid], delta=1e-6)
     np.testing.assert_allclose(theoretical[0], numerical[0], atol=1e-6, err_msg="d/dimages")
     np.testing.assert_allclose(theoretical[1], numerical[1], atol=1e-5, err_msg="d/dgrid")
@@ -59,8 +66,9 @@ def test_theta_gradient_through_affine_grid_matches_finite_differences(jit):
     theta = tf.constant(oracle.random_thetas(rng, 2))
 
     def warp(t):
-        return grid_sample(images, affine_grid(t, (5, 4)), interpolation="bicubic",
-                           padding_mode="border")
+        return grid_sample(
+            images, affine_grid(t, (5, 4)), interpolation="bicubic", padding_mode="border"
+        )
 
     theoretical, numerical = tf.test.compute_gradient(_compiled(warp, jit), [theta], delta=1e-6)
     np.testing.assert_allclose(theoretical[0], numerical[0], atol=1e-5)
