@@ -199,5 +199,5 @@ def _grid_sample(images, grid, interpolation, padding_mode, align_corners):
     weights = tf.reshape(weights, tf.shape(rows))  # BxHoxWox(T*T)
 
     values = tf.gather(tf.reshape(images, [-1, channels]), rows)  # BxHoxWox(T*T)xC
-    out = tf.reduce_sum(tf.cast(values, dtype) * weights[..., None], axis=-2)  # BxHoxWoxC
+    out = tf.reduce_sum(tf.cast(values, dtype) * tf.expand_dims(weights, -1), axis=-2)  # BxHoxWoxC
     return tf.cast(out, images.dtype)
