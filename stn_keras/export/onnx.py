@@ -1,0 +1,221 @@
+"""Export to ONNX through tf2onnx, validated in onnxruntime; optionally with native GridSample.
+
+Keras 3's `model.export(format="onnx")` runs `tf2onnx.convert.from_function` on the model's call; this
+module takes the same route one step lower (freeze the traced call, then
+`tf2onnx.convert.from_graph_def`), because the native-GridSample rewrite needs the sampler's boundary
+tensors kept as graph outputs through the conversion (see `stn_keras.export.onnx_gridsample`).
+
+Opsets: tf2onnx 1.17 converts to opset 18 at most, which is the default here (`DEFAULT_OPSET`). A
+higher opset is reached with `onnx.version_converter`. The native path needs GridSample (opset 16+)
+and uses AffineGrid from opset 20 on; its default opset is 20 (`NATIVE_OPSET`).
+
+tf2onnx converts with continue-on-error (an unsupported op stays in the graph and the file is still
+written), so only running the file in onnxruntime proves it: every export here is validated that way
+before it is moved into place.
+"""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import tensorflow as tf
+from onnx import version_converter
+
+from stn_keras.export import files, onnx_gridsample, validation
+
+TF2ONNX_MAX_OPSET = 18  # the newest opset tf2onnx 1.17 emits
+DEFAULT_OPSET = 18
+NATIVE_OPSET = 20
+
+
+def _check_opset(opset, native_gridsample):
+    minimum = onnx_gridsample.GRID_SAMPLE_OPSET if native_gridsample else 13
+    newest = onnx.defs.onnx_opset_version()
+    if not isinstance(opset, int) or isinstance(opset, bool) or not minimum <= opset <= newest:
+        what = "with native GridSample " if native_gridsample else ""
+        raise ValueError(
+            f"Invalid value for argument `opset`. Expected an int in [{minimum}, {newest}] {what}"
+            f"(onnx {onnx.__version__}). Received: opset={opset!r}"
+        )
+
+
+def _frozen_call(model):
+    """The model's inference call traced on its input specs, variables frozen to constants."""
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
+
+    specs = validation.input_specs(model)
+    signature = [tf.TensorSpec(shape, dtype, name=name) for name, shape, dtype in specs]
+
+    @tf.function
+    def call(*inputs):
+        return keras_flatten(model(list(inputs) if len(inputs) > 1 else inputs[0], training=False))
+
+    return convert_variables_to_constants_v2(call.get_concrete_function(*signature)), specs
+
+
+def keras_flatten(outputs):
+    """The model's outputs as a flat list, the order every artifact returns them in."""
+    import keras
+
+    return keras.tree.flatten(outputs)
+
+
+def convert(model, opset=DEFAULT_OPSET, native_gridsample=False):
+    """Convert `model` to an `onnx.ModelProto` (not validated; see `export_onnx`).
+
+    Args:
+        model: a Keras model with known inputs (see `validation.input_specs`).
+        opset: the ONNX opset. Defaults to `DEFAULT_OPSET`.
+        native_gridsample: whether to replace each `grid_sample` by GridSample (and AffineGrid where
+            the grid is affine and the opset has it). Defaults to `False`.
+
+    Returns:
+        `(model_proto, rewrites)`: the ONNX model, inputs named after the Keras inputs and outputs
+        `output_0`, `output_1`, ... in the model's flattened output order, its batch axis dynamic;
+        `rewrites` lists `(scope, mode, used_affine_grid)` for each native sampler.
+
+    Raises:
+        ValueError: for an invalid `opset`, a model with unknown inputs, or, with `native_gridsample`,
+            a model without a sampler or with one that cannot be replaced.
+    """
+    import tf2onnx
+
+    try:  # tf2onnx 1.17 and numpy 2 (what Keras's own ONNX exporter does first).
+        from keras.src.export.tf2onnx_lib import patch_tf2onnx
+
+        patch_tf2onnx()
+    except ImportError:
+        pass
+
+    _check_opset(opset, native_gridsample)
+    frozen, specs = _frozen_call(model)
+    input_names = [t.name for t in frozen.inputs]
+    output_names = [t.name for t in frozen.outputs]
+    rename = {t: name for t, (name, _, _) in zip(input_names, specs, strict=True)}
+    rename.update({t: f"output_{i}" for i, t in enumerate(output_names)})
+
+    samplers = []
+    if native_gridsample:
+        samplers = onnx_gridsample.find_samplers(frozen.graph)
+        if not samplers:
+            raise ValueError(
+                f"Model {model.name!r} has no `stn_keras.grid_sample` to replace by GridSample."
+            )
+    boundary = sorted(
+        {t for s in samplers for t in s.tensors()} - set(input_names) - set(output_names)
+    )
+    with tf.device("/cpu:0"):
+        proto, _ = tf2onnx.convert.from_graph_def(
+            frozen.graph.as_graph_def(),
+            input_names=input_names,
+            output_names=output_names + boundary,
+            opset=min(opset, TF2ONNX_MAX_OPSET),
+            tensors_to_rename=rename,
+        )
+    if opset > TF2ONNX_MAX_OPSET:
+        proto = version_converter.convert_version(proto, opset)
+    rewrites = []
+    if samplers:
+        for s in samplers:
+            for field in ("images", "grid", "output", "theta"):
+                name = getattr(s, field)
+                setattr(s, field, rename.get(name, name))
+        values = _boundary_values(proto, specs, [t for s in samplers for t in s.tensors()])
+        rewrites = onnx_gridsample.replace_samplers(proto, samplers, values, opset)
+        outputs = [o for o in proto.graph.output if o.name in rename.values()]
+        del proto.graph.output[:]
+        proto.graph.output.extend(outputs)
+        onnx_gridsample.prune(proto)
+    onnx.checker.check_model(proto)
+    return proto, rewrites
+
+
+def _boundary_values(proto, specs, names):
+    """Values of the graph outputs `names` on a sample input at batch size 2."""
+    session = session_of(proto)
+    feeds = dict(zip(session_input_names(session), validation.sample_inputs(specs, 2), strict=True))
+    outputs = sorted(set(names) - set(feeds))
+    return {**feeds, **dict(zip(outputs, session.run(outputs, feeds), strict=True))}
+
+
+def session_of(model_or_path):
+    """An onnxruntime CPU session of an ONNX model (a `ModelProto` or a path)."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    source = model_or_path
+    if isinstance(model_or_path, onnx.ModelProto):
+        source = model_or_path.SerializeToString()
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def session_input_names(session):
+    return [i.name for i in session.get_inputs()]
+
+
+def onnx_runner(session):
+    """`(inputs: list of arrays) -> list of arrays` running an onnxruntime session."""
+    names = session_input_names(session)
+    outputs = sorted((o.name for o in session.get_outputs()), key=lambda n: int(n.split("_")[-1]))
+
+    def run(inputs):
+        return session.run(outputs, dict(zip(names, (np.asarray(x) for x in inputs), strict=True)))
+
+    return run
+
+
+def export_onnx(
+    model,
+    path,
+    *,
+    opset=None,
+    native_gridsample=False,
+    force=False,
+    validate=True,
+    batch_sizes=validation.DEFAULT_BATCH_SIZES,
+    atol=validation.DEFAULT_ATOL,
+):
+    """Export `model` to an ONNX file with a dynamic batch size, validated in onnxruntime.
+
+    Args:
+        model: a Keras model with known inputs (see `validation.input_specs`).
+        path: the `.onnx` file to write.
+        opset: the ONNX opset. Defaults to `None`: `DEFAULT_OPSET` (18), or `NATIVE_OPSET` (20) with
+            `native_gridsample`.
+        native_gridsample: whether to emit ONNX's native `GridSample` (and `AffineGrid` for affine
+            grids, opset 20+) in place of the gather decomposition of each sampler; the numbers are the
+            same, onnxruntime runs it faster. Defaults to `False`.
+        force: whether to replace an existing `path`. Defaults to `False`.
+        validate: whether to run the file in onnxruntime and compare it with the model before moving
+            it into place. Defaults to `True`.
+        batch_sizes: batch sizes to validate at. Defaults to `(1, 5)`.
+        atol: validation tolerance (see `validation.DEFAULT_ATOL`). Defaults to `1e-4`.
+
+    Returns:
+        The `ParityReport`, or `None` with `validate=False`.
+
+    Raises:
+        FileExistsError: if `path` exists and `force` is false.
+        ValueError: for an invalid `opset` or a model that cannot be converted (see `convert`).
+        ValidationError: if onnxruntime's results do not match the model; nothing is written then.
+    """
+    if opset is None:
+        opset = NATIVE_OPSET if native_gridsample else DEFAULT_OPSET
+    _check_opset(opset, native_gridsample)
+    files.check_target(path, force)
+    proto, _ = convert(model, opset=opset, native_gridsample=native_gridsample)
+    report = None
+    with files.staged_output(path, force=force) as staging:
+        onnx.save(proto, staging)
+        if validate:
+            report = validation.check_parity(
+                model,
+                onnx_runner(session_of(staging)),
+                format="onnx-native" if native_gridsample else "onnx",
+                path=path,
+                runtime=f"onnxruntime {ort.__version__}, opset {opset}",
+                batch_sizes=batch_sizes,
+                atol=atol,
+            )
+            validation.raise_unless_passed(report)
+    return report
