@@ -27,7 +27,8 @@ DEFAULT_OPSET = 18
 NATIVE_OPSET = 20
 
 
-def _check_opset(opset, native_gridsample):
+def check_opset(opset, native_gridsample):
+    """Raise `ValueError` unless `opset` is one the (native) ONNX export can produce."""
     minimum = onnx_gridsample.GRID_SAMPLE_OPSET if native_gridsample else 13
     newest = onnx.defs.onnx_opset_version()
     if not isinstance(opset, int) or isinstance(opset, bool) or not minimum <= opset <= newest:
@@ -88,7 +89,7 @@ def convert(model, opset=DEFAULT_OPSET, native_gridsample=False):
     except ImportError:
         pass
 
-    _check_opset(opset, native_gridsample)
+    check_opset(opset, native_gridsample)
     frozen, specs = _frozen_call(model)
     input_names = [t.name for t in frozen.inputs]
     output_names = [t.name for t in frozen.outputs]
@@ -201,7 +202,7 @@ def export_onnx(
     """
     if opset is None:
         opset = NATIVE_OPSET if native_gridsample else DEFAULT_OPSET
-    _check_opset(opset, native_gridsample)
+    check_opset(opset, native_gridsample)
     files.check_target(path, force)
     proto, _ = convert(model, opset=opset, native_gridsample=native_gridsample)
     report = None
