@@ -14,6 +14,8 @@ written), so only running the file in onnxruntime proves it: every export here i
 before it is moved into place.
 """
 
+import warnings
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -85,7 +87,9 @@ def convert(model, opset=DEFAULT_OPSET, native_gridsample=False):
     try:  # tf2onnx 1.17 and numpy 2 (what Keras's own ONNX exporter does first).
         from keras.src.export.tf2onnx_lib import patch_tf2onnx
 
-        patch_tf2onnx()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # its probe of `np.object`
+            patch_tf2onnx()
     except ImportError:
         pass
 

@@ -1,8 +1,8 @@
 """`run_export_test`: export a model to each format and check it reproduces Keras in its runtime.
 
-Also defines `ExportTestSampler`, a small serialisable layer that calls `stn_keras.affine_grid` and
-`stn_keras.grid_sample` directly, and `sampler_model`, a model with one sampler per mode, so exporter
-tests do not depend on the higher-level layers.
+Also defines `sampler_model`, a model with one `stn_keras.TransformSampler` per mode, and
+`ExportTestSampler`, a user-style custom layer that calls `stn_keras.affine_grid` and
+`stn_keras.grid_sample` directly (the exporters find the sampler inside any layer).
 """
 
 import itertools
@@ -67,7 +67,7 @@ class ExportTestSampler(keras.layers.Layer):
 
 
 def sampler_model(modes=ALL_MODES, input_shape=(8, 10, 2), output_size=(6, 7), seed=0):
-    """A model `images -> [one warp per mode]` whose affine `theta` depends on the images.
+    """A model `images -> [one TransformSampler warp per mode]` whose affine `theta` depends on the images.
 
     Args:
         modes: `(interpolation, padding_mode, align_corners)` triples, one sampler (and output) each.
@@ -88,8 +88,8 @@ def sampler_model(modes=ALL_MODES, input_shape=(8, 10, 2), output_size=(6, 7), s
         name="theta",
     )(features)
     outputs = [
-        ExportTestSampler(
-            output_size,
+        stn_keras.TransformSampler(
+            output_size=output_size,
             interpolation=mode,
             padding_mode=padding,
             align_corners=corners,
@@ -134,3 +134,17 @@ def run_export_test(model, directory, formats=("savedmodel", "onnx", "onnx-nativ
         assert os.path.exists(path), path
         reports[name] = report
     return reports
+
+
+def custom_layer_model(input_shape=(4, 5, 1), output_size=(3, 3)):
+    """A model whose only sampler is the custom `ExportTestSampler` (bicubic, reflection)."""
+    images = keras.Input(input_shape, name="images")
+    theta = keras.layers.Dense(
+        6,
+        kernel_initializer=keras.initializers.RandomNormal(stddev=0.05, seed=1),
+        bias_initializer=keras.initializers.Constant(_THETA),
+    )(keras.layers.Flatten()(images))
+    warped = ExportTestSampler(output_size, interpolation="bicubic", padding_mode="reflection")(
+        [images, theta]
+    )
+    return keras.Model(images, warped, name="custom_layer_model")
