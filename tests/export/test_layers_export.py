@@ -31,7 +31,9 @@ def st_classifier():
 def test_spatial_transformer_model_exports_to_every_format(st_classifier, tmp_path):
     reports = run_export_test(st_classifier, str(tmp_path))
     assert set(reports) == {"savedmodel", "onnx", "onnx-native", "litert"}
-    ops = collections.Counter(n.op_type for n in onnx.load(tmp_path / "model_native.onnx").graph.node)
+    ops = collections.Counter(
+        n.op_type for n in onnx.load(tmp_path / "model_native.onnx").graph.node
+    )
     assert ops["GridSample"] == 1 and ops["AffineGrid"] == 1
 
 

@@ -79,7 +79,9 @@ def test_litert_matches_keras_after_resizing_the_batch(model, artifacts, batch_s
 
 @pytest.fixture(scope="module")
 def small_model():
-    return sampler_model([("nearest", "reflection", True)], input_shape=(4, 5, 1), output_size=(3, 3))
+    return sampler_model(
+        [("nearest", "reflection", True)], input_shape=(4, 5, 1), output_size=(3, 3)
+    )
 
 
 def test_litert_path_must_end_in_tflite(small_model, tmp_path):
