@@ -74,7 +74,8 @@ def run_layer_test(
 ):
     """Check the behaviour every Keras layer must have.
 
-    1. The config survives a JSON round trip and `from_config` rebuilds an equal layer.
+    1. The config survives a JSON round trip and `from_config` rebuilds an equal layer (used for
+       the symbolic call of step 3).
     2. `build` on the input shape creates the expected numbers of weights.
     3. A symbolic call (batch size `None`) and an eager call give the expected shapes, which agree
        with `compute_output_shape`, and finite eager outputs.
@@ -98,8 +99,6 @@ def run_layer_test(
     Raises:
         AssertionError: naming the first check that fails.
     """
-    check_config_round_trip(layer_cls(**init_kwargs))
-
     layer = layer_cls(**init_kwargs)
     layer.build(_shapes(input_data))
     if not layer.built:
@@ -119,7 +118,9 @@ def run_layer_test(
     expected = _shape_list(expected_output_shape)
     symbolic_expected = [(None, *shape[1:]) for shape in expected]
 
-    symbolic_layer = layer_cls(**init_kwargs)
+    # The symbolic call uses the layer revived from its config: a constructor argument missing
+    # from `get_config` shows up as a wrong output shape or a failed call.
+    symbolic_layer = check_config_round_trip(layer_cls(**init_kwargs))
     inputs = _symbolic_inputs(input_data)
     symbolic_outputs = symbolic_layer(inputs)
     _check_shapes(_output_shapes(symbolic_outputs), symbolic_expected, "symbolic call")

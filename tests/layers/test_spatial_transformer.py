@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from stn_keras import SpatialTransformer
 from stn_keras.ops.transforms import TRANSFORMS
-from stn_keras.testing.layers import run_layer_test
+from stn_keras.testing.layers import check_config_round_trip, run_layer_test
 
 FAMILY_OPTIONS = {"tps": {"control_points": 3}}
 NUM_CLASSES = 3
@@ -77,6 +77,16 @@ def test_every_family_starts_at_the_identity(transform):
     np.testing.assert_allclose(outputs, images, rtol=0, atol=1e-12)
     np.testing.assert_array_equal(params, np.tile(layer.sampler.family.identity, (2, 1)))
     assert layer.num_params == layer.sampler.family.num_params
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS)
+def test_config_round_trip_keeps_the_family_and_its_options(transform):
+    options = FAMILY_OPTIONS.get(transform)
+    layer = SpatialTransformer(transform=transform, transform_options=options)
+    revived = check_config_round_trip(layer)
+    assert revived.sampler.family.name == transform
+    assert revived.num_params == layer.num_params
+    assert revived.get_config()["transform_options"] == (options or {})
 
 
 def test_output_size_none_keeps_a_dynamic_input_size():
@@ -191,6 +201,20 @@ def test_trains_in_sequential_functional_and_subclassed_models(build):
         if "regression" in w.path
     ]
     assert regression and any(not np.array_equal(b, w.numpy()) for b, w in regression)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_trains_under_mixed_precision(policy):
+    model = keras.Sequential(
+        [
+            keras.Input((12, 10, 1)),
+            SpatialTransformer(output_size=(8, 8), dtype=policy),
+            keras.layers.Flatten(dtype=policy),
+            keras.layers.Dense(NUM_CLASSES, dtype="float32"),
+        ]
+    )
+    assert np.isfinite(_fit(model))
+    assert model.layers[0].regression.kernel.dtype == "float32"
 
 
 def test_fit_step_compiles_with_xla():
