@@ -31,10 +31,11 @@ class SpatialTransformer(keras.layers.Layer):
 
     The paper trains the localisation branch with a smaller learning rate than the rest of the
     network. With SGD (with or without momentum) `localization_gradient_scale` does exactly that: it
-    multiplies the gradients of the localisation network and the regression layer (and only those).
-    Adaptive optimizers (Adam, RMSprop) normalise away a constant gradient scale; with them the
-    identity initialisation usually suffices, and otherwise a smaller global learning rate is the
-    tool.
+    multiplies the gradients of the localisation network and the regression layer by the factor,
+    leaving the other weights' gradients alone (what flows back to the input through the
+    localisation branch is scaled too; through the sampled images it is not). Adaptive optimizers
+    (Adam, RMSprop) normalise away a constant gradient scale; with them the identity initialisation
+    usually suffices, and otherwise a smaller global learning rate is the tool.
 
     Under a mixed precision policy (`mixed_float16`, `mixed_bfloat16`) the images flow in the
     compute dtype, while the regression layer, the parameters and the grid coordinates stay float32.

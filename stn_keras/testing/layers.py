@@ -50,7 +50,17 @@ def _output_shapes(outputs):
 
 
 def check_config_round_trip(layer):
-    """The layer's serialised form survives JSON and rebuilds a layer with the same config."""
+    """Serialise `layer`, pass it through JSON, and revive it.
+
+    Args:
+        layer: a Keras layer.
+
+    Returns:
+        The revived layer (of the same class, with the same config).
+
+    Raises:
+        AssertionError: if the revived layer has another class or another config.
+    """
     config = json.loads(json.dumps(keras.saving.serialize_keras_object(layer)))
     revived = keras.saving.deserialize_keras_object(config)
     if type(revived) is not type(layer):
