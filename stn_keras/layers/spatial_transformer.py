@@ -146,7 +146,10 @@ class SpatialTransformer(keras.layers.Layer):
             self.localization = default_localization(dtype=self.dtype_policy)
         if not self.localization.built:
             self.localization.build(tuple(shape.as_list()))
-        features_shape = self.localization.compute_output_shape(tuple(shape.as_list()))
+        # A symbolic call rather than `compute_output_shape`, which custom layers may not define.
+        features_shape = self.localization.compute_output_spec(
+            keras.KerasTensor(tuple(shape.as_list()), dtype=self.compute_dtype)
+        ).shape
         self.flatten = keras.layers.Flatten(dtype=self.dtype_policy, name="flatten")
         flat_shape = self.flatten.compute_output_shape(features_shape)
         if flat_shape[-1] is None:

@@ -89,6 +89,28 @@ def test_config_round_trip_keeps_the_family_and_its_options(transform):
     assert revived.get_config()["transform_options"] == (options or {})
 
 
+@keras.saving.register_keras_serializable(package="stn_keras_tests")
+class FlatDense(keras.layers.Layer):
+    """A custom localisation layer that defines neither `compute_output_shape` nor `get_config`."""
+
+    def build(self, input_shape):
+        self.dense = keras.layers.Dense(4, activation="tanh")
+        self.dense.build((input_shape[0], int(np.prod(input_shape[1:]))))
+
+    def call(self, inputs):
+        return self.dense(keras.ops.reshape(inputs, (keras.ops.shape(inputs)[0], -1)))
+
+
+def test_any_custom_layer_can_localize(tmp_path):
+    inputs = keras.Input((6, 6, 1))
+    model = keras.Model(inputs, SpatialTransformer(localization=FlatDense())(inputs))
+    images = _images((2, 6, 6, 1))
+    np.testing.assert_allclose(model(images), images, atol=1e-5)
+    model.save(tmp_path / "model.keras")
+    revived = keras.saving.load_model(tmp_path / "model.keras")
+    np.testing.assert_array_equal(revived(images), model(images))
+
+
 def test_output_size_none_keeps_a_dynamic_input_size():
     inputs = keras.Input((None, None, 2))
     model = keras.Model(inputs, SpatialTransformer()(inputs))
