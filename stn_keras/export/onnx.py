@@ -16,6 +16,7 @@ before it is moved into place.
 
 import warnings
 
+import keras
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -52,16 +53,10 @@ def _frozen_call(model):
 
     @tf.function
     def call(*inputs):
-        return keras_flatten(model(list(inputs) if len(inputs) > 1 else inputs[0], training=False))
+        outputs = model(list(inputs) if len(inputs) > 1 else inputs[0], training=False)
+        return keras.tree.flatten(outputs)  # the order every artifact returns them in
 
     return convert_variables_to_constants_v2(call.get_concrete_function(*signature)), specs
-
-
-def keras_flatten(outputs):
-    """The model's outputs as a flat list, the order every artifact returns them in."""
-    import keras
-
-    return keras.tree.flatten(outputs)
 
 
 def convert(model, opset=DEFAULT_OPSET, native_gridsample=False):
@@ -139,28 +134,18 @@ def convert(model, opset=DEFAULT_OPSET, native_gridsample=False):
 def _boundary_values(proto, specs, names):
     """Values of the graph outputs `names` on a sample input at batch size 2."""
     session = session_of(proto)
-    feeds = dict(zip(session_input_names(session), validation.sample_inputs(specs, 2), strict=True))
+    inputs = [i.name for i in session.get_inputs()]
+    feeds = dict(zip(inputs, validation.sample_inputs(specs, 2), strict=True))
     outputs = sorted(set(names) - set(feeds))
     return {**feeds, **dict(zip(outputs, session.run(outputs, feeds), strict=True))}
 
 
-def session_of(model_or_path):
-    """An onnxruntime CPU session of an ONNX model (a `ModelProto` or a path)."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    source = model_or_path
-    if isinstance(model_or_path, onnx.ModelProto):
-        source = model_or_path.SerializeToString()
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-
-
-def session_input_names(session):
-    return [i.name for i in session.get_inputs()]
+session_of = onnx_gridsample.session_of
 
 
 def onnx_runner(session):
     """`(inputs: list of arrays) -> list of arrays` running an onnxruntime session."""
-    names = session_input_names(session)
+    names = [i.name for i in session.get_inputs()]
     outputs = sorted((o.name for o in session.get_outputs()), key=lambda n: int(n.split("_")[-1]))
 
     def run(inputs):

@@ -164,12 +164,14 @@ def find_samplers(graph):
     return samplers
 
 
-def _session(model):
+def session_of(model_or_path):
+    """An onnxruntime CPU session of an ONNX model (a `ModelProto` or a path)."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    return ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
+    source = model_or_path
+    if isinstance(model_or_path, onnx.ModelProto):
+        source = model_or_path.SerializeToString()
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def _grid_sample_modes_model(dtype, opset):
@@ -213,8 +215,8 @@ def _identify_mode(model, boundary, images, grid_shape, dtype, opset):
     # Points up to 1.6 out reach every padding rule; no point sits on a pixel centre or a tie.
     grid = rng.uniform(-1.6, 1.6, grid_shape).astype(np_dtype)
     feeds = {boundary.images: images, boundary.grid: grid}
-    (expected,) = _session(sub).run([boundary.output], feeds)
-    candidates = _session(_grid_sample_modes_model(dtype, opset)).run(
+    (expected,) = session_of(sub).run([boundary.output], feeds)
+    candidates = session_of(_grid_sample_modes_model(dtype, opset)).run(
         None, {"images": images, "grid": grid}
     )
     tolerance = 1e-4 * max(1.0, float(np.abs(expected).max(initial=0.0)))

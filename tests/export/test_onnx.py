@@ -156,3 +156,20 @@ def test_native_path_without_sampler_raises(tmp_path):
     with pytest.raises(ValueError, match="has no `stn_keras.grid_sample`"):
         export_onnx(model, tmp_path / "m.onnx", native_gridsample=True)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_native_path_refuses_a_float16_sampler_and_gather_path_exports_it(tmp_path):
+    import keras
+
+    import stn_keras
+
+    images = keras.Input((4, 5, 1), name="images")
+    theta = keras.layers.Dense(6, bias_initializer=keras.initializers.Constant([1, 0, 0, 0, 1, 0]))(
+        keras.layers.Flatten()(images)
+    )
+    sampler = stn_keras.TransformSampler(output_size=(3, 3), dtype="mixed_float16")
+    model = keras.Model(images, sampler([images, theta]))
+    with pytest.raises(ValueError, match="needs float32 or float64"):
+        export_onnx(model, tmp_path / "native.onnx", native_gridsample=True)
+    assert export_onnx(model, tmp_path / "gather.onnx", atol=1e-2).passed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gather.onnx"]
