@@ -1,5 +1,6 @@
 """stn-keras: the Spatial Transformer (Jaderberg et al., NIPS 2015) for Keras 3 / TensorFlow."""
 
+from stn_keras.layers import SpatialTransformer, TransformSampler
 from stn_keras.ops import (
     INTERPOLATIONS,
     PADDING_MODES,
@@ -9,7 +10,6 @@ from stn_keras.ops import (
     projective_grid,
     tps_grid,
 )
-from stn_keras.layers import SpatialTransformer, TransformSampler
 
 __version__ = "0.1.0"
 
