@@ -65,16 +65,19 @@ def test_litert_uses_builtin_ops_only(artifacts):
 def test_litert_matches_keras_after_resizing_the_batch(model, artifacts, batch_size):
     directory, _ = artifacts
     runtime, _ = interpreter(str(directory / "model.tflite"))
-    detail = runtime.get_input_details()[0]
+    signature = runtime.get_signature_runner("serving_default")
+    (image_detail,) = signature.get_input_details().values()
+    outputs = signature.get_output_details()
+    del signature  # it holds views of the tensors, which would block the reallocation
     inputs = sample_inputs([("images", (None, 8, 10, 2), "float32")], batch_size, seed=3)
-    runtime.resize_tensor_input(detail["index"], inputs[0].shape)
+    # Resize by hand (what a mobile app does), then read each output tensor by its signature name.
+    runtime.resize_tensor_input(image_detail["index"], inputs[0].shape)
     runtime.allocate_tensors()
-    runtime.set_tensor(detail["index"], inputs[0])
+    runtime.set_tensor(image_detail["index"], inputs[0])
     runtime.invoke()
-    runner = runtime.get_signature_runner("serving_default")
-    outputs = runner(images=inputs[0])
     for i, want in enumerate(keras_outputs(model, inputs)):
-        np.testing.assert_allclose(outputs[f"output_{i}"], want, rtol=0, atol=1e-5)
+        got = runtime.get_tensor(outputs[f"output_{i}"]["index"])
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
