@@ -1,0 +1,25 @@
+"""The README's one-command demo, shortened: train briefly, save, export four ways, validate each."""
+
+import collections
+
+import onnx
+
+from examples import quickstart
+
+
+def test_quickstart_exports_every_format_and_exits_zero(tmp_path, capsys):
+    status = quickstart.main(["--out", str(tmp_path), "--epochs", "1", "--train-copies", "1"])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert out.count("PASS") == 4 and "FAIL" not in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "savedmodel",
+        "st_cnn.keras",
+        "st_cnn.onnx",
+        "st_cnn.tflite",
+        "st_cnn_gridsample.onnx",
+    ]
+    native = collections.Counter(
+        n.op_type for n in onnx.load(tmp_path / "st_cnn_gridsample.onnx").graph.node
+    )
+    assert native["GridSample"] == 1 and native["AffineGrid"] == 1
