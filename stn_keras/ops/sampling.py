@@ -1,12 +1,17 @@
 """`grid_sample`: one gather path, with the interpolation modes as small per-axis tap kernels.
 
 An interpolation mode is separable: along each axis it turns a pixel coordinate into a few integer tap
-positions and their weights (nearest: 1 tap, bilinear: 2, bicubic: 4). The sampler takes the outer
-product of the y and x taps, turns each tap into a flat row index of the `(B * H * W, C)` image matrix,
-gathers all rows in a single `tf.gather` and sums them with their weights. Taps outside the image are
-clamped to a valid index and given weight 0 ("clamp, then mask"), so the gather never sees an
-out-of-range index: runtimes disagree on what that means (TF's CPU kernel raises, ONNX wraps negative
-indices, TFLite aborts) and the exporters carry this code into all of them.
+positions, their weights and the weights' slopes (nearest: 1 tap, bilinear: 2, bicubic: 4). The sampler
+takes the outer product of the y and x taps, turns each tap into a flat row index of the
+`(B * H * W, C)` image matrix, gathers each tap's rows with `tf.gather` and sums them with their
+weights. Taps outside the image are clamped to a valid index and given weight 0 ("clamp, then mask"),
+so the gather never sees an out-of-range index: runtimes disagree on what that means (TF's CPU kernel
+raises, ONNX wraps negative indices, TFLite aborts) and the exporters carry this code into all of them.
+
+Speed (see `benchmarks/`): one gather per tap, summed, lets XLA compute a pixel's tap arithmetic once
+for all its taps (a single gather of all taps followed by a sum over them makes it redo that arithmetic
+per tap and per channel); the backward pass is written out (`_interpolate`) rather than left to
+autodiff, which would materialise a dozen output-sized intermediates of the tap arithmetic.
 """
 
 import tensorflow as tf
@@ -25,17 +30,16 @@ _CUBIC_A = -0.75
 
 
 def _nearest_taps(pixel):
-    """One tap at the nearest pixel, ties to even (PyTorch's `nearbyint`)."""
-    # 0 * pixel keeps the output connected to the grid, so the grid's gradient is a zero tensor, as in
-    # PyTorch, rather than `None`.
-    return [tf.round(pixel)], [1.0 + 0.0 * pixel]
+    """One tap at the nearest pixel, ties to even (PyTorch's `nearbyint`), with a constant weight."""
+    return [tf.round(pixel)], [tf.ones_like(pixel)], [tf.zeros_like(pixel)]
 
 
 def _bilinear_taps(pixel):
     """Two taps, floor and floor + 1, with linear weights."""
     left = tf.floor(pixel)
     frac = pixel - left
-    return [left, left + 1.0], [1.0 - frac, frac]
+    one = tf.ones_like(pixel)
+    return [left, left + 1.0], [1.0 - frac, frac], [-one, one]
 
 
 def _cubic_weights(t):
@@ -50,14 +54,28 @@ def _cubic_weights(t):
     return [far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t)]
 
 
+def _cubic_slopes(t):
+    """Derivatives of `_cubic_weights(t)` w.r.t. `t`."""
+
+    def near(d):
+        return (3.0 * (_CUBIC_A + 2.0) * d - 2.0 * (_CUBIC_A + 3.0)) * d
+
+    def far(d):
+        return (3.0 * _CUBIC_A * d - 10.0 * _CUBIC_A) * d + 8.0 * _CUBIC_A
+
+    return [far(t + 1.0), near(t), -near(1.0 - t), -far(2.0 - t)]
+
+
 def _bicubic_taps(pixel):
     """Four taps, floor - 1 .. floor + 2, with cubic convolution weights."""
     left = tf.floor(pixel)
-    return [left + float(k) for k in (-1, 0, 1, 2)], _cubic_weights(pixel - left)
+    frac = pixel - left
+    return [left + float(k) for k in (-1, 0, 1, 2)], _cubic_weights(frac), _cubic_slopes(frac)
 
 
 # mode -> (tap kernel, whether padding applies to each tap rather than to the coordinate). PyTorch pads
-# the coordinate before bilinear and nearest interpolation, but pads each tap of a bicubic one.
+# the coordinate before bilinear and nearest interpolation, but pads each tap of a bicubic one. A kernel
+# maps pixel coordinates to T tap positions, their weights and the weights' derivatives.
 _KERNELS = {
     "nearest": (_nearest_taps, False),
     "bilinear": (_bilinear_taps, False),
@@ -65,32 +83,33 @@ _KERNELS = {
 }
 
 
-def _axis_taps(coord, size, interpolation, padding_mode, align_corners):
-    """Tap indices and weights along one axis.
+def _axis_taps(pixel, size, kernel, pad_taps, padding_mode, align_corners):
+    """Tap indices, weights and weight slopes along one axis.
 
     Args:
-        coord: finite normalised coordinates `(B, H_out, W_out)`.
+        pixel: finite pixel coordinates `(B, H_out, W_out)`, already padded unless `pad_taps`.
         size: number of input pixels along the axis.
-        interpolation, padding_mode, align_corners: as in `grid_sample`.
+        kernel, pad_taps: an entry of `_KERNELS`.
+        padding_mode, align_corners: as in `grid_sample`.
 
     Returns:
-        `(indices, weights)`: `(B, H_out, W_out, T)` int64 tap positions, always inside `[0, size - 1]`,
-        and their weights, 0 for a tap that falls outside the image.
+        `(indices, weights, slopes)`, lists of T tensors `(B, H_out, W_out)`: int64 tap positions,
+        always inside `[0, size - 1]`, their weights and the weights' derivatives w.r.t. `pixel`, both 0
+        for a tap that falls outside the image.
     """
-    kernel, pad_taps = _KERNELS[interpolation]
-    pixel = coordinates.unnormalize(coord, size, align_corners)
-    if not pad_taps:
-        pixel = coordinates.apply_padding(pixel, size, padding_mode, align_corners)
-    positions, weights = kernel(pixel)
+    positions, weights, slopes = kernel(pixel)
     if pad_taps:
         positions = [
             coordinates.apply_padding(p, size, padding_mode, align_corners) for p in positions
         ]
-    positions = tf.stack(positions, axis=-1)  # BxHoxWoxT
-    weights = tf.stack(weights, axis=-1)  # BxHoxWoxT
-    inside = (positions >= 0.0) & (positions <= tf.cast(size, positions.dtype) - 1.0)
-    indices = tf.cast(tf.where(inside, positions, tf.zeros_like(positions)), tf.int64)
-    return indices, tf.where(inside, weights, tf.zeros_like(weights))
+    last = tf.cast(size, pixel.dtype) - 1.0
+    indices, masked_weights, masked_slopes = [], [], []
+    for position, weight, slope in zip(positions, weights, slopes, strict=True):
+        inside = (position >= 0.0) & (position <= last)
+        indices.append(tf.cast(tf.where(inside, position, tf.zeros_like(position)), tf.int64))
+        masked_weights.append(tf.where(inside, weight, tf.zeros_like(weight)))
+        masked_slopes.append(tf.where(inside, slope, tf.zeros_like(slope)))
+    return indices, masked_weights, masked_slopes
 
 
 def flat_indices(batch, y, x, height, width):
@@ -112,9 +131,7 @@ def flat_indices(batch, y, x, height, width):
     return (batch * height + y) * width + x
 
 
-def grid_sample(
-    images, grid, interpolation="bilinear", padding_mode="zeros", align_corners=False
-):
+def grid_sample(images, grid, interpolation="bilinear", padding_mode="zeros", align_corners=False):
     """Sample `images` at the normalised positions of `grid`, exactly as `torch.nn.functional.grid_sample`.
 
     Channels-last: the result equals PyTorch's `F.grid_sample` on the NCHW transpose of `images` with
@@ -179,7 +196,7 @@ def _grid_sample(images, grid, interpolation, padding_mode, align_corners):
     check_same_batch(images, "images", grid, "grid")
 
     dtype = coordinates.compute_dtype(images.dtype, grid.dtype)
-    height, width, channels = (coordinates.dim(images, axis) for axis in (1, 2, 3))
+    height, width = (coordinates.dim(images, axis) for axis in (1, 2))
     grid = tf.cast(grid, dtype)
 
     # A non-finite point reads as outside the image; finite ones are clamped so pixel maths stays finite.
@@ -187,17 +204,101 @@ def _grid_sample(images, grid, interpolation, padding_mode, align_corners):
     grid = tf.where(
         finite[..., None], tf.clip_by_value(grid, -_COORD_LIMIT, _COORD_LIMIT), tf.zeros_like(grid)
     )
-    options = (interpolation, padding_mode, align_corners)
-    ix, wx = _axis_taps(grid[..., 0], width, *options)  # BxHoxWoxT each
-    iy, wy = _axis_taps(grid[..., 1], height, *options)  # BxHoxWoxT each
+    kernel, pad_taps = _KERNELS[interpolation]
+    pixels = []
+    for coord, size in ((grid[..., 0], width), (grid[..., 1], height)):
+        pixel = coordinates.unnormalize(coord, size, align_corners)  # BxHoxWo
+        if not pad_taps:
+            pixel = coordinates.apply_padding(pixel, size, padding_mode, align_corners)
+        pixels.append(pixel)
 
-    batch = tf.range(tf.shape(grid, out_type=tf.int64)[0])[:, None, None, None, None]  # Bx1x1x1x1
-    rows = flat_indices(batch, iy[..., :, None], ix[..., None, :], height, width)  # BxHoxWoxTxT
-    weights = wy[..., :, None] * wx[..., None, :] * tf.cast(finite, dtype)[..., None, None]
-    taps = rows.shape[-1] * rows.shape[-2]
-    rows = tf.reshape(rows, tf.concat([tf.shape(rows)[:3], [taps]], axis=0))  # BxHoxWox(T*T)
-    weights = tf.reshape(weights, tf.shape(rows))  # BxHoxWox(T*T)
+    def axis_taps(pixel, size):
+        return _axis_taps(pixel, size, kernel, pad_taps, padding_mode, align_corners)
 
-    values = tf.gather(tf.reshape(images, [-1, channels]), rows)  # BxHoxWox(T*T)xC
-    out = tf.reduce_sum(tf.cast(values, dtype) * tf.expand_dims(weights, -1), axis=-2)  # BxHoxWoxC
+    out = _interpolate(
+        images,
+        *pixels,
+        tf.cast(finite, dtype),
+        axis_taps,
+        constant_weights=interpolation == "nearest",
+    )
     return tf.cast(out, images.dtype)
+
+
+def _interpolate(images, px, py, finite, axis_taps, constant_weights):
+    """Sum the taps around pixel coordinates `(px, py)`, with an exact custom gradient.
+
+    The forward pass gathers each tap's rows of the `(B * H * W, C)` image matrix with one `tf.gather`
+    per tap and accumulates them with their weights. The backward pass is written out rather than left to
+    autodiff, which would keep every intermediate of the tap arithmetic and route the grid's gradient
+    through a dozen tensors the size of the output: the image gradient scatters the output gradient
+    times each tap's weight back to the tap's row; the gradient w.r.t. `px` is the output gradient
+    dotted with the taps' values times the y weight and the x weight's slope (and symmetrically for
+    `py`). These are autodiff's own numbers, in PyTorch's conventions: a tap outside the image has weight
+    and slope 0, and nearest interpolation has a zero gradient w.r.t. the coordinates.
+
+    Args:
+        images: `(B, H, W, C)`.
+        px, py: finite pixel coordinates `(B, H_out, W_out)` in the compute dtype.
+        finite: `(B, H_out, W_out)`, 1 where the grid point was finite, else 0.
+        axis_taps: `(pixel, size) -> (indices, weights, slopes)`, see `_axis_taps`.
+        constant_weights: whether every slope is 0 (nearest interpolation).
+
+    Returns:
+        `(B, H_out, W_out, C)` in the compute dtype.
+    """
+    height, width, channels = (coordinates.dim(images, axis) for axis in (1, 2, 3))
+    dtype = px.dtype
+
+    @tf.custom_gradient
+    def interpolate(images, px, py):
+        flat = tf.reshape(images, [-1, channels])  # (B*H*W)xC
+        ix, wx, sx = axis_taps(px, width)  # T x (BxHoxWo) each
+        iy, wy, sy = axis_taps(py, height)
+        wy = [w * finite for w in wy]
+        sy = [s * finite for s in sy]
+        batch = tf.range(tf.shape(px, out_type=tf.int64)[0])[:, None, None]  # Bx1x1
+        taps = [(i, j) for i in range(len(iy)) for j in range(len(ix))]  # (y tap, x tap)
+        rows = [flat_indices(batch, iy[i], ix[j], height, width) for i, j in taps]  # BxHoxWo each
+
+        def tap_values(k):
+            return tf.cast(tf.gather(flat, rows[k]), dtype)  # BxHoxWoxC
+
+        out = tf.add_n(
+            [tap_values(k) * tf.expand_dims(wy[i] * wx[j], -1) for k, (i, j) in enumerate(taps)]
+        )
+
+        def grad(upstream):
+            # All taps at once, (y tap, x tap) flattened in `taps` order: the outer products of the
+            # per-axis stacks keep XLA from redoing each tap's arithmetic in every consumer.
+            stacks_x = [tf.stack(v, axis=-1) for v in (ix, wx, sx)]  # BxHoxWoxT each
+            stacks_y = [tf.stack(v, axis=-1) for v in (iy, wy, sy)]
+            index_x, weight_x, slope_x = (tf.expand_dims(v, -2) for v in stacks_x)  # BxHoxWox1xT
+            index_y, weight_y, slope_y = (tf.expand_dims(v, -1) for v in stacks_y)  # BxHoxWoxTx1
+            shape = tf.concat([tf.shape(px), [len(taps)]], axis=0)
+
+            def outer(y, x):
+                return tf.reshape(y * x, shape)  # BxHoxWox(T*T)
+
+            all_rows = tf.reshape(
+                flat_indices(batch[..., None, None], index_y, index_x, height, width), shape
+            )
+            weights = outer(weight_y, weight_x)
+            updates = tf.expand_dims(upstream, -2) * tf.expand_dims(weights, -1)  # BxHoxWox(T*T)xC
+            d_flat = tf.math.unsorted_segment_sum(
+                tf.reshape(updates, [-1, channels]),
+                tf.reshape(all_rows, [-1]),
+                tf.shape(flat, tf.int64)[0],
+            )
+            d_images = tf.reshape(tf.cast(d_flat, images.dtype), tf.shape(images))
+            if constant_weights:  # nearest: the output is piecewise constant in the coordinates
+                return d_images, tf.zeros_like(px), tf.zeros_like(py)
+            values = tf.cast(tf.gather(flat, all_rows), dtype)  # BxHoxWox(T*T)xC
+            dots = tf.reduce_sum(values * tf.expand_dims(upstream, -2), axis=-1)  # BxHoxWox(T*T)
+            d_px = tf.reduce_sum(dots * outer(weight_y, slope_x), axis=-1)  # BxHoxWo
+            d_py = tf.reduce_sum(dots * outer(slope_y, weight_x), axis=-1)
+            return d_images, d_px, d_py
+
+        return out, grad
+
+    return interpolate(images, px, py)
