@@ -40,15 +40,16 @@ def peak_rise_mib(fn):
     return (_status_kib("VmHWM") - before) / 1024.0
 
 
-def measure(cases):
-    """`[{case, contender, task, peak_mib}]` for `MEMORY_CONTENDERS` on each case."""
-    from benchmarks.contenders import ours, torch_native
+def measure(cases, families=("ours", "torch")):
+    """`[{case, contender, task, peak_mib}]` for `MEMORY_CONTENDERS` of `families` on each case."""
+    from benchmarks.contenders import family_modules
 
+    modules = family_modules(families).values()
     results = []
     for case in cases:
         inputs = make_inputs(case)
         contenders = {}
-        for module in (ours, torch_native):
+        for module in modules:
             contenders.update(module.build(case, inputs, MEMORY_TASK))
         for name in MEMORY_CONTENDERS:
             if name in contenders:
@@ -59,9 +60,9 @@ def measure(cases):
     return results
 
 
-def measure_in_child(cases, timeout_s=900):
+def measure_in_child(cases, families=("ours", "torch"), timeout_s=900):
     """Run `measure` in a fresh Python with the allocator settings above; returns its records."""
-    payload = json.dumps([vars(case) for case in cases])
+    payload = json.dumps({"cases": [vars(case) for case in cases], "families": list(families)})
     env = {**os.environ, **_ENV}
     child = subprocess.run(
         [sys.executable, "-m", "benchmarks.memory", payload],
@@ -78,5 +79,6 @@ def measure_in_child(cases, timeout_s=900):
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    cases = [Case(**fields) for fields in json.loads(sys.argv[1])]
-    print(json.dumps(measure(cases)))
+    request = json.loads(sys.argv[1])
+    cases = [Case(**fields) for fields in request["cases"]]
+    print(json.dumps(measure(cases, request["families"])))

@@ -21,9 +21,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from benchmarks import memory, report, timing  # noqa: E402
+from benchmarks.contenders import FAMILIES  # noqa: E402
 from benchmarks.suite import QUICK_SUITE, SUITE, TASKS  # noqa: E402
 
-FAMILIES = ("ours", "torch", "tf", "onnx", "memcpy")
 # The forward outputs are compared with this contender's.
 CHECK_REFERENCE = "ours-graph"
 
@@ -41,7 +41,7 @@ def _parse(argv):
     parser.add_argument(
         "--families",
         default=",".join(FAMILIES),
-        help=f"comma-separated contender families to run, from {FAMILIES}. Defaults to all.",
+        help=f"comma-separated contender families to run, from {tuple(FAMILIES)}. Defaults to all.",
     )
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"from {TASKS}. Defaults to all.")
     parser.add_argument(
@@ -51,7 +51,7 @@ def _parse(argv):
     args.families = [f for f in args.families.split(",") if f]
     args.tasks = [t for t in args.tasks.split(",") if t]
     for value, allowed, flag in (
-        (args.families, FAMILIES, "families"),
+        (args.families, tuple(FAMILIES), "families"),
         (args.tasks, TASKS, "tasks"),
     ):
         unknown = sorted(set(value) - set(allowed))
@@ -138,7 +138,7 @@ def main(argv=None):
     args = _parse(argv)
     from benchmarks.contenders import family_modules
 
-    modules = {name: module for name, module in family_modules().items() if name in args.families}
+    modules = family_modules(args.families)
     results = {
         "command": "python -m benchmarks.run "
         + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -180,7 +180,7 @@ def main(argv=None):
                 )
             print(_progress(case, task, timings), flush=True)
     if not args.no_memory and "backward_all" in args.tasks and "ours" in modules:
-        results["memory"] = memory.measure_in_child(cases)
+        results["memory"] = memory.measure_in_child(cases, list(modules))
     results["machine"]["loadavg_end"] = list(os.getloadavg())
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, args.name)

@@ -6,6 +6,7 @@ not apply.
 """
 
 import dataclasses
+import importlib
 from collections.abc import Callable
 
 
@@ -25,14 +26,18 @@ class Contender:
     to_numpy: Callable | None = None
 
 
-def family_modules():
-    """The family modules by family name; a missing optional package empties only its family."""
-    from benchmarks.contenders import memcpy, onnx_graphs, ours, tf_builtin, torch_native
+# Family name -> module under `benchmarks.contenders`.
+FAMILIES = {
+    "ours": "ours",
+    "torch": "torch_native",
+    "tf": "tf_builtin",
+    "onnx": "onnx_graphs",
+    "memcpy": "memcpy",
+}
 
+
+def family_modules(names=tuple(FAMILIES)):
+    """The modules of the families `names`, imported only when asked for (torch is slow to import)."""
     return {
-        "ours": ours,
-        "torch": torch_native,
-        "tf": tf_builtin,
-        "onnx": onnx_graphs,
-        "memcpy": memcpy,
+        name: importlib.import_module(f"benchmarks.contenders.{FAMILIES[name]}") for name in names
     }

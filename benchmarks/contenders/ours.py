@@ -10,17 +10,19 @@ def _functions(out_size):
     def forward(images, theta):
         return grid_sample(images, affine_grid(theta, out_size))
 
+    # The backward passes return the output too, as a training step uses it (for the loss): otherwise
+    # XLA would drop the forward pass's own work, which PyTorch's timings include.
     def backward_theta(images, theta, upstream):
         with tf.GradientTape() as tape:
             tape.watch(theta)
             out = forward(images, theta)
-        return tape.gradient(out, theta, output_gradients=upstream)
+        return out, tape.gradient(out, theta, output_gradients=upstream)
 
     def backward_all(images, theta, upstream):
         with tf.GradientTape() as tape:
             tape.watch([images, theta])
             out = forward(images, theta)
-        return tape.gradient(out, [images, theta], output_gradients=upstream)
+        return out, tape.gradient(out, [images, theta], output_gradients=upstream)
 
     return {"forward": forward, "backward_theta": backward_theta, "backward_all": backward_all}
 

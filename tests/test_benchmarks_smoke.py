@@ -1,0 +1,50 @@
+"""The benchmark harness runs end to end on one tiny shape and writes the rows it promises."""
+
+import json
+
+from benchmarks import memory, run
+from benchmarks.suite import QUICK_SUITE, TASKS
+
+# torch is optional (the `bench` extra) and tests never import it: run the families that need no torch.
+FAMILIES = ("ours", "tf", "onnx", "memcpy")
+
+
+def test_quick_run_writes_json_and_markdown_with_every_row(tmp_path):
+    argv = ["--out", str(tmp_path), "--quick", "--rounds", "1", "--no-memory"]
+    run.main(argv + ["--families", ",".join(FAMILIES)])
+    results = json.loads((tmp_path / "results.json").read_text())
+    timed = {(r["task"], r["contender"]) for r in results["timings"] if "median_ms" in r}
+    for task in TASKS:
+        for mode in ("eager", "graph", "xla"):
+            assert (task, f"ours-{mode}") in timed
+    for contender in (
+        "tf-projective",
+        "keras-map-coordinates",
+        "onnx-ours",
+        "onnx-native",
+        "memcpy",
+    ):
+        assert ("forward", contender) in timed
+    assert not [r for r in results["timings"] if "error" in r]
+    assert not any(r["contender"].startswith("torch") for r in results["timings"])
+    # The harness compares every warp's output with ours: they must all compute the same thing.
+    diffs = {c["contender"]: c["max_abs_diff"] for c in results["checks"]}
+    assert set(diffs) >= {"ours-xla", "tf-projective", "onnx-ours", "onnx-native"}
+    assert max(diffs.values()) < 1e-4
+    assert len(results["machine"]["loadavg_end"]) == 3 and results["machine"]["cpu_model"]
+
+    markdown = (tmp_path / "results.md").read_text()
+    for heading in (
+        "## Forward",
+        "## Forward + backward w.r.t. theta",
+        "Time relative to `ours-xla`",
+    ):
+        assert heading in markdown
+    assert f"| {QUICK_SUITE[0].name} |" in markdown
+
+
+def test_peak_memory_has_a_row_per_contender():
+    # In-process here (the harness runs it in a child with a fixed mmap threshold, for accuracy).
+    records = memory.measure(QUICK_SUITE, families=("ours",))
+    assert {r["contender"] for r in records} == {"ours-graph", "ours-xla"}
+    assert all(r["task"] == "backward_all" and r["peak_mib"] >= 0.0 for r in records)
