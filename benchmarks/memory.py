@@ -60,9 +60,14 @@ def measure(cases, families=("ours", "torch")):
     return results
 
 
-def measure_in_child(cases, families=("ours", "torch"), timeout_s=900):
+def measure_in_child(cases, families=("ours", "torch"), threads=None, timeout_s=900):
     """Run `measure` in a fresh Python with the allocator settings above; returns its records."""
-    payload = json.dumps({"cases": [vars(case) for case in cases], "families": list(families)})
+    request = {
+        "cases": [vars(case) for case in cases],
+        "families": list(families),
+        "threads": threads,
+    }
+    payload = json.dumps(request)
     env = {**os.environ, **_ENV}
     child = subprocess.run(
         [sys.executable, "-m", "benchmarks.memory", payload],
@@ -80,5 +85,9 @@ def measure_in_child(cases, families=("ours", "torch"), timeout_s=900):
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     request = json.loads(sys.argv[1])
+    if request["threads"]:
+        from benchmarks.contenders import set_threads
+
+        set_threads(request["threads"])
     cases = [Case(**fields) for fields in request["cases"]]
     print(json.dumps(measure(cases, request["families"])))

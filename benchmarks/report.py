@@ -59,7 +59,8 @@ def markdown(results):
         f"`{results['command']}` at {results['date']} (commit `{results['commit']}`).",
         "",
         f"Machine: {machine['cpu_model']}, {machine['cpu_count']} logical CPUs, load average "
-        f"{load} at the start and {load_end} at the end; {machine['platform']}.",
+        f"{load} at the start and {load_end} at the end; {machine['platform']}. Threads per "
+        f"framework: {results.get('threads') or 'each framework default (all cores)'}.",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in machine["versions"].items()) + ".",
         "",
         "Work: `affine_grid` + `grid_sample` (bilinear, zeros padding, align_corners=False), "

@@ -45,6 +45,12 @@ def _parse(argv):
     )
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"from {TASKS}. Defaults to all.")
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads for TF/XLA, torch and onnxruntime alike. Defaults to each one's default.",
+    )
+    parser.add_argument(
         "--no-memory", action="store_true", help="skip the peak-memory child process"
     )
     args = parser.parse_args(argv)
@@ -136,8 +142,10 @@ def _check_forward(case, contenders):
 def main(argv=None):
     """Run the benchmark; returns the results dict it wrote."""
     args = _parse(argv)
-    from benchmarks.contenders import family_modules
+    from benchmarks.contenders import family_modules, set_threads
 
+    if args.threads:
+        set_threads(args.threads)
     modules = family_modules(args.families)
     results = {
         "command": "python -m benchmarks.run "
@@ -145,6 +153,7 @@ def main(argv=None):
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": _commit(),
         "rounds": args.rounds,
+        "threads": args.threads,
         "machine": _machine(modules),
         "timings": [],
         "checks": [],
@@ -180,7 +189,7 @@ def main(argv=None):
                 )
             print(_progress(case, task, timings), flush=True)
     if not args.no_memory and "backward_all" in args.tasks and "ours" in modules:
-        results["memory"] = memory.measure_in_child(cases, list(modules))
+        results["memory"] = memory.measure_in_child(cases, list(modules), args.threads)
     results["machine"]["loadavg_end"] = list(os.getloadavg())
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, args.name)

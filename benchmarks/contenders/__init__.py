@@ -26,6 +26,24 @@ class Contender:
     to_numpy: Callable | None = None
 
 
+# Threads each framework may use; None leaves each at its default (all cores, for TF, torch and ORT).
+THREADS = None
+
+
+def set_threads(threads):
+    """Give TensorFlow (and XLA), torch and onnxruntime `threads` threads each.
+
+    Call before TensorFlow runs its first op. A single thread makes the comparison robust to other
+    load on a shared machine, where a framework's parallel regions wait on descheduled threads.
+    """
+    global THREADS
+    import tensorflow as tf
+
+    THREADS = threads
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
 # Family name -> module under `benchmarks.contenders`.
 FAMILIES = {
     "ours": "ours",

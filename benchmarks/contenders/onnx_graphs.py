@@ -8,6 +8,7 @@ exporters carry); the native one is a hand-built graph of ONNX's `AffineGrid` an
 
 import numpy as np
 
+from benchmarks import contenders
 from benchmarks.contenders import Contender
 
 try:
@@ -26,8 +27,10 @@ def available():
 
 
 def _session(model):
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = contenders.THREADS or 0  # 0: onnxruntime's default
     return onnxruntime.InferenceSession(
-        model.SerializeToString(), providers=["CPUExecutionProvider"]
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
     )
 
 

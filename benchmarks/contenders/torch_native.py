@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from benchmarks import contenders
 from benchmarks.contenders import Contender
 
 try:
@@ -19,6 +20,8 @@ def build(case, inputs, task):
     """Contenders `torch-nchw` and `torch-cl` (channels_last); none when torch is not installed."""
     if torch is None:
         return {}
+    if contenders.THREADS:
+        torch.set_num_threads(contenders.THREADS)
     size = (case.batch, case.channels, case.out_height, case.out_width)
     nchw = torch.from_numpy(np.ascontiguousarray(inputs["images"].transpose(0, 3, 1, 2)))
     theta = torch.from_numpy(inputs["theta"])
@@ -62,4 +65,7 @@ def describe():
     """Version and thread count, for the results' machine section."""
     if torch is None:
         return {"torch": None}
-    return {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    return {
+        "torch": torch.__version__,
+        "torch_threads": contenders.THREADS or torch.get_num_threads(),
+    }
