@@ -128,3 +128,10 @@ def test_cli_custom_module_registers_the_layer(tmp_path, capsys):
     )
     assert status == 0, err
     assert "onnx-native" in out and "PASS" in out
+
+
+def test_cli_no_validate_writes_and_says_so(model_file, tmp_path, capsys):
+    status, out, err = _cli(capsys, "litert", model_file, tmp_path / "m.tflite", "--no-validate")
+    assert status == 0, err
+    assert "not validated" in out and "PASS" not in out
+    assert (tmp_path / "m.tflite").stat().st_size > 0
