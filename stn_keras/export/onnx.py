@@ -193,7 +193,11 @@ def export_onnx(
         opset = NATIVE_OPSET if native_gridsample else DEFAULT_OPSET
     check_opset(opset, native_gridsample)
     files.check_target(path, force)
-    proto, _ = convert(model, opset=opset, native_gridsample=native_gridsample)
+    proto, rewrites = convert(model, opset=opset, native_gridsample=native_gridsample)
+    runtime = f"onnxruntime {ort.__version__}, opset {opset}"
+    if rewrites:
+        affine = sum(used_affine_grid for _, _, used_affine_grid in rewrites)
+        runtime += f", {len(rewrites)} GridSample ({affine} with AffineGrid)"
     report = None
     with files.staged_output(path, force=force) as staging:
         onnx.save(proto, staging)
@@ -203,7 +207,7 @@ def export_onnx(
                 onnx_runner(session_of(staging)),
                 format="onnx-native" if native_gridsample else "onnx",
                 path=path,
-                runtime=f"onnxruntime {ort.__version__}, opset {opset}",
+                runtime=runtime,
                 batch_sizes=batch_sizes,
                 atol=atol,
             )
