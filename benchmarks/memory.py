@@ -1,10 +1,11 @@
-"""Peak memory of a backward pass, as the rise of the process's peak resident set size.
+"""Peak memory of a backward pass: how far one call raises memory use above its level before it.
 
-Run in a child process (`python -m benchmarks.memory CASES_JSON`) started with a fixed glibc mmap
-threshold, so that every large buffer is mapped on allocation and unmapped on release: then the
-peak RSS during one call, minus the RSS before it, is the memory that call needed at its peak, for
-TensorFlow, XLA and PyTorch alike (none of them caches CPU buffers). Linux only
-(`/proc/self/clear_refs`).
+TensorFlow (graph and XLA) allocates through its own caching allocator on CPU (oneDNN's BFC), which
+never hands memory back to the OS, so its peak comes from the allocator's statistics
+(`tf.config.experimental.get_memory_info`). PyTorch allocates CPU tensors with plain `malloc`: its
+peak is the rise of the process's peak resident set size during the call, measured in a child process
+(`python -m benchmarks.memory REQUEST_JSON`) started with a fixed glibc mmap threshold, so that every
+large buffer is mapped on allocation and unmapped on release. Linux only (`/proc/self/clear_refs`).
 """
 
 import gc
@@ -28,16 +29,31 @@ def _status_kib(field):
     raise RuntimeError(f"No {field} in /proc/self/status")
 
 
+def _warm(fn):
+    fn()
+    fn()  # traced, compiled, allocators warm
+    gc.collect()
+
+
 def peak_rise_mib(fn):
     """MiB by which one call of `fn` raises the resident set size above its level before it."""
-    fn()
-    fn()  # compiled, allocators warm
-    gc.collect()
+    _warm(fn)
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")  # resets VmHWM to the current RSS
     before = _status_kib("VmRSS")
     fn()
     return (_status_kib("VmHWM") - before) / 1024.0
+
+
+def tf_peak_rise_mib(fn):
+    """MiB by which one call of `fn` raises TensorFlow's CPU allocator above its level before it."""
+    import tensorflow as tf
+
+    _warm(fn)
+    tf.config.experimental.reset_memory_stats("CPU:0")
+    before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+    fn()
+    return (tf.config.experimental.get_memory_info("CPU:0")["peak"] - before) / 2**20
 
 
 def measure(cases, families=("ours", "torch")):
@@ -53,7 +69,8 @@ def measure(cases, families=("ours", "torch")):
             contenders.update(module.build(case, inputs, MEMORY_TASK))
         for name in MEMORY_CONTENDERS:
             if name in contenders:
-                peak = peak_rise_mib(contenders[name].run)
+                measure_peak = tf_peak_rise_mib if name.startswith("ours-") else peak_rise_mib
+                peak = measure_peak(contenders[name].run)
                 results.append(
                     {"case": case.name, "contender": name, "task": MEMORY_TASK, "peak_mib": peak}
                 )

@@ -95,7 +95,8 @@ def markdown(results):
             "",
             "## Peak memory of forward + backward w.r.t. images and theta",
             "",
-            "Rise of the peak resident set size during one call, MiB (see `benchmarks/memory.py`):",
+            "Peak memory during one call above the level before it, MiB: TensorFlow's allocator "
+            "statistics for ours, the peak resident set size for torch (see `benchmarks/memory.py`):",
             "",
         ]
         rows = [
