@@ -48,6 +48,40 @@ def _table(header, rows):
     return lines
 
 
+def _median(by_key, case, task, contender):
+    record = by_key.get((case, task, contender))
+    return record["median_ms"] if record and "median_ms" in record else None
+
+
+def summary(results):
+    """Markdown lines of the headline table: `ours-xla` against torch's faster layout, per task.
+
+    Each task's cell reads `ours ms / torch ms (speed-up)`, the speed-up being torch's time over
+    ours (above 1: ours is faster); the last column is `ours-xla`'s forward time over the memcpy
+    floor's.
+    """
+    by_key = {(r["case"], r["task"], r["contender"]): r for r in results["timings"]}
+    cases = list(dict.fromkeys(r["case"] for r in results["timings"]))
+    header = ["case", "forward", "fwd + bwd (theta)", "fwd + bwd (images, theta)", "fwd / memcpy"]
+    rows = []
+    for case in cases:
+        row = [case]
+        for task in TASK_TITLES:
+            ours = _median(by_key, case, task, REFERENCE)
+            torch = [_median(by_key, case, task, c) for c in ("torch-nchw", "torch-cl")]
+            torch = min((t for t in torch if t is not None), default=None)
+            if ours is None:
+                row.append("")
+            elif torch is None:
+                row.append(f"{ours:.3g}")
+            else:
+                row.append(f"{ours:.3g} / {torch:.3g} ({torch / ours:.2f}x)")
+        ours, floor = (_median(by_key, case, "forward", c) for c in (REFERENCE, "memcpy"))
+        row.append(f"{ours / floor:.0f}x" if ours and floor else "")
+        rows.append(row)
+    return _table(header, rows)
+
+
 def markdown(results):
     """The markdown report of `results` (the dict `benchmarks.run` writes as JSON)."""
     machine = results["machine"]
@@ -69,6 +103,14 @@ def markdown(results):
         f"over `{REFERENCE}`'s, so a ratio above 1 means `{REFERENCE}` is faster. `memcpy` copies "
         "as many bytes as the output holds: the bandwidth floor.",
     ]
+    lines += [
+        "",
+        "## Summary",
+        "",
+        f"`{REFERENCE}` / torch's faster layout, ms (torch's time over ours: above 1, ours is faster):",
+        "",
+    ]
+    lines += summary(results)
     records = results["timings"]
     cases = list(dict.fromkeys(r["case"] for r in records))
     for task, title in TASK_TITLES.items():
