@@ -3,6 +3,7 @@
 import collections
 
 import numpy as np
+import onnx
 import pytest
 
 from stn_keras.export import ValidationError, export_onnx
@@ -10,7 +11,9 @@ from stn_keras.export import onnx as onnx_export
 from stn_keras.export.validation import keras_outputs, sample_inputs
 from stn_keras.testing.export import ALL_MODES, sampler_model
 
-onnx = pytest.importorskip("onnx")
+# Keep the module on one xdist worker (`--dist loadgroup`): its fixtures convert large models once.
+pytestmark = pytest.mark.xdist_group("export_onnx_modes")
+
 ONNX_MODES = {"bilinear": "linear", "nearest": "nearest", "bicubic": "cubic"}
 
 

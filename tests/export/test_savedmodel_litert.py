@@ -13,6 +13,9 @@ from stn_keras.export.litert import interpreter
 from stn_keras.export.validation import keras_outputs, sample_inputs
 from stn_keras.testing.export import ALL_MODES, run_export_test, sampler_model
 
+# Keep the module on one xdist worker (`--dist loadgroup`): its fixtures convert large models once.
+pytestmark = pytest.mark.xdist_group("export_savedmodel_litert")
+
 
 @pytest.fixture(scope="module")
 def model():
