@@ -10,8 +10,11 @@ from stn_keras.export.files import check_target, staged_output
 def test_staged_file_appears_only_after_the_block(tmp_path):
     target = tmp_path / "a.onnx"
     with staged_output(target) as staging:
-        assert staging.endswith(".onnx") and not staging.endswith("a.onnx")
-        pathlib.Path(staging).write_text("new")
+        # Beside the target, hidden, keeping the suffix (some converters insist on it).
+        staging = pathlib.Path(staging)
+        assert staging.parent == tmp_path and staging.name.startswith(".") and staging.suffix == ".onnx"
+        assert staging != target
+        staging.write_text("new")
         assert not target.exists()
     assert target.read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["a.onnx"]
