@@ -12,7 +12,11 @@ def test_staged_file_appears_only_after_the_block(tmp_path):
     with staged_output(target) as staging:
         # Beside the target, hidden, keeping the suffix (some converters insist on it).
         staging = pathlib.Path(staging)
-        assert staging.parent == tmp_path and staging.name.startswith(".") and staging.suffix == ".onnx"
+        assert (
+            staging.parent == tmp_path
+            and staging.name.startswith(".")
+            and staging.suffix == ".onnx"
+        )
         assert staging != target
         staging.write_text("new")
         assert not target.exists()
