@@ -45,14 +45,21 @@ def test_gradient_matches_finite_differences(interpolation, padding_mode, align_
     np.testing.assert_allclose(theoretical[1], numerical[1], atol=1e-5, err_msg="d/dgrid")
 
 
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "xla"])
 @pytest.mark.parametrize("padding_mode", PADDING_MODES)
-def test_nearest_grid_gradient_is_zero_and_image_gradient_exact(padding_mode):
+def test_nearest_grid_gradient_is_zero_and_image_gradient_exact(padding_mode, jit):
     images, grid = _case(seed=4)
-    fn = functools.partial(grid_sample, interpolation="nearest", padding_mode=padding_mode)
-    with tf.GradientTape() as tape:
-        tape.watch(grid)
-        out = fn(images, grid)
-    grid_grad = tape.gradient(out, grid)
+    fn = _compiled(
+        functools.partial(grid_sample, interpolation="nearest", padding_mode=padding_mode), jit
+    )
+
+    def grid_gradient(images, grid):
+        with tf.GradientTape() as tape:
+            tape.watch(grid)
+            out = fn(images, grid)
+        return tape.gradient(out, grid)
+
+    grid_grad = _compiled(grid_gradient, jit)(images, grid)
     assert grid_grad is not None, "PyTorch returns a zero gradient, not None"
     np.testing.assert_array_equal(grid_grad.numpy(), 0.0)
     theoretical, numerical = tf.test.compute_gradient(lambda x: fn(x, grid), [images], delta=1e-6)
