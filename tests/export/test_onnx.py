@@ -60,18 +60,9 @@ def test_export_returns_passing_report_at_batch_1_and_5(gather_path, native_path
 @pytest.mark.parametrize(
     "index", range(len(ALL_MODES)), ids=["-".join(map(str, m)) for m in ALL_MODES]
 )
-def test_gather_path_matches_keras_in_onnxruntime(gather_path, expected, index):
-    path, _ = gather_path
-    for inputs, want in expected.values():
-        got = _run(path, inputs)[index]
-        np.testing.assert_allclose(got, want[index], rtol=0, atol=1e-5)
-
-
-@pytest.mark.parametrize(
-    "index", range(len(ALL_MODES)), ids=["-".join(map(str, m)) for m in ALL_MODES]
-)
-def test_native_path_matches_keras_in_onnxruntime(native_path, expected, index):
-    path, _ = native_path
+@pytest.mark.parametrize("export_path", ["gather_path", "native_path"])
+def test_every_mode_matches_keras_in_onnxruntime(export_path, expected, index, request):
+    path, _ = request.getfixturevalue(export_path)
     for inputs, want in expected.values():
         got = _run(path, inputs)[index]
         np.testing.assert_allclose(got, want[index], rtol=0, atol=1e-5)
