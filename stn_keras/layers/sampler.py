@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from stn_keras.ops import coordinates
 from stn_keras.ops.sampling import INTERPOLATIONS, grid_sample
-from stn_keras.ops.transforms import TRANSFORMS, get_transform
+from stn_keras.ops.transforms import get_transform
 from stn_keras.ops.validation import check_bool, check_choice
 
 
@@ -27,7 +27,6 @@ def check_output_size(output_size):
 
 def make_transform(transform, transform_options):
     """The `Transform` called `transform`, with its options checked; `ValueError` for bad ones."""
-    check_choice("transform", transform, TRANSFORMS)
     if transform_options is not None and not isinstance(transform_options, dict):
         raise ValueError(
             "Invalid value for argument `transform_options`. Expected a dict or `None`. "
