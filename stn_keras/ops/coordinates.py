@@ -78,7 +78,8 @@ def unnormalize(coord, size, align_corners):
 
     Args:
         coord: normalised coordinates, any shape, floating.
-        size: number of pixels along the axis (Python int or scalar integer tensor).
+        size: number of pixels along the axis (Python int or scalar integer tensor), or a tensor of
+            sizes broadcastable against `coord`, such as `(W, H)` for a last axis `(x, y)`.
         align_corners: see the module docstring.
 
     Returns:
@@ -113,7 +114,8 @@ def apply_padding(coord, size, padding_mode, align_corners):
 
     Args:
         coord: pixel coordinates (see `unnormalize`), any shape, floating.
-        size: number of pixels along the axis (Python int or scalar integer tensor).
+        size: number of pixels along the axis (Python int or scalar integer tensor), or a tensor of
+            sizes broadcastable against `coord`, such as `(W, H)` for a last axis `(x, y)`.
         padding_mode: one of `PADDING_MODES`.
         align_corners: see the module docstring.
 

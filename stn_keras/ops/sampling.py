@@ -112,6 +112,26 @@ def _axis_taps(pixel, size, kernel, pad_taps, padding_mode, align_corners):
     return indices, masked_weights, masked_slopes
 
 
+@tf.custom_gradient
+def _sanitize(grid):
+    """`grid` with non-finite points set to 0 and the rest clamped to +-`_COORD_LIMIT`.
+
+    The gradient is passed through unchanged: the sampler zeros the coordinate slopes of every point
+    this function changed (see `_interpolate`'s `movable`), so the result is still exact. Autodiff's
+    own gradient here would be a select whose operand is the whole sampler backward, which XLA
+    compiles to a branch inside that loop and then cannot vectorise it (2-3x slower).
+
+    Args:
+        grid: `(B, H_out, W_out, 2)`.
+
+    Returns:
+        `(B, H_out, W_out, 2)`.
+    """
+    finite = tf.reduce_all(tf.math.is_finite(grid), axis=-1, keepdims=True)  # BxHoxWox1
+    clipped = tf.clip_by_value(grid, -_COORD_LIMIT, _COORD_LIMIT)
+    return tf.where(finite, clipped, tf.zeros_like(grid)), lambda upstream: upstream
+
+
 def flat_indices(batch, y, x, height, width):
     """Row index of pixel `(batch, y, x)` in the images reshaped to `(B * H * W, C)`.
 
@@ -201,46 +221,57 @@ def _grid_sample(images, grid, interpolation, padding_mode, align_corners):
 
     # A non-finite point reads as outside the image; finite ones are clamped so pixel maths stays finite.
     finite = tf.reduce_all(tf.math.is_finite(grid), axis=-1)  # BxHoxWo
-    grid = tf.where(
-        finite[..., None], tf.clip_by_value(grid, -_COORD_LIMIT, _COORD_LIMIT), tf.zeros_like(grid)
-    )
+    # Coordinates the clamp leaves alone (False for NaN): the only ones with a nonzero slope.
+    movable = finite[..., None] & (tf.abs(grid) <= _COORD_LIMIT)  # BxHoxWox2
+    grid = _sanitize(grid)
+    # Both axes at once, elementwise against the sizes (x, y): slicing the grid into x and y here would
+    # make its gradient a padded concatenation, which XLA compiles to branchy, unvectorised code.
+    sizes = tf.stack([width, height])  # 2
+    pixels = coordinates.unnormalize(grid, sizes, align_corners)  # BxHoxWox2
     kernel, pad_taps = _KERNELS[interpolation]
-    pixels = []
-    for coord, size in ((grid[..., 0], width), (grid[..., 1], height)):
-        pixel = coordinates.unnormalize(coord, size, align_corners)  # BxHoxWo
-        if not pad_taps:
-            pixel = coordinates.apply_padding(pixel, size, padding_mode, align_corners)
-        pixels.append(pixel)
+    if not pad_taps:
+        pixels = coordinates.apply_padding(pixels, sizes, padding_mode, align_corners)
 
     def axis_taps(pixel, size):
         return _axis_taps(pixel, size, kernel, pad_taps, padding_mode, align_corners)
 
     out = _interpolate(
         images,
-        *pixels,
+        pixels,
         tf.cast(finite, dtype),
+        tf.cast(movable, dtype),
         axis_taps,
         constant_weights=interpolation == "nearest",
     )
     return tf.cast(out, images.dtype)
 
 
-def _interpolate(images, px, py, finite, axis_taps, constant_weights):
-    """Sum the taps around pixel coordinates `(px, py)`, with an exact custom gradient.
+# Up to this many channels, the backward pass sums over the channels one gathered channel at a time:
+# a reduction inside the fused loop would keep XLA from vectorising it across pixels (4-7x slower).
+# Past it, a reduction over the channels is long enough to run well, and unrolling would bloat the code.
+_UNROLLED_CHANNELS = 4
+
+
+def _interpolate(images, pixels, finite, movable, axis_taps, constant_weights):
+    """Sum the taps around pixel coordinates `pixels`, with an exact custom gradient.
 
     The forward pass gathers each tap's rows of the `(B * H * W, C)` image matrix with one `tf.gather`
     per tap and accumulates them with their weights. The backward pass is written out rather than left to
     autodiff, which would keep every intermediate of the tap arithmetic and route the grid's gradient
     through a dozen tensors the size of the output: the image gradient scatters the output gradient
-    times each tap's weight back to the tap's row; the gradient w.r.t. `px` is the output gradient
+    times each tap's weight back to the tap's row; the gradient w.r.t. `x` is the output gradient
     dotted with the taps' values times the y weight and the x weight's slope (and symmetrically for
-    `py`). These are autodiff's own numbers, in PyTorch's conventions: a tap outside the image has weight
+    `y`). These are autodiff's own numbers, in PyTorch's conventions: a tap outside the image has weight
     and slope 0, and nearest interpolation has a zero gradient w.r.t. the coordinates.
 
     Args:
         images: `(B, H, W, C)`.
-        px, py: finite pixel coordinates `(B, H_out, W_out)` in the compute dtype.
+        pixels: finite pixel coordinates `(B, H_out, W_out, 2)`, last axis `(x, y)`, in the compute
+            dtype.
         finite: `(B, H_out, W_out)`, 1 where the grid point was finite, else 0.
+        movable: `(B, H_out, W_out, 2)`, 1 where the coordinate was finite and not clamped, else 0:
+            the weights' slopes are zeroed elsewhere, which makes the gradient exact through
+            `_sanitize`.
         axis_taps: `(pixel, size) -> (indices, weights, slopes)`, see `_axis_taps`.
         constant_weights: whether every slope is 0 (nearest interpolation).
 
@@ -248,57 +279,122 @@ def _interpolate(images, px, py, finite, axis_taps, constant_weights):
         `(B, H_out, W_out, C)` in the compute dtype.
     """
     height, width, channels = (coordinates.dim(images, axis) for axis in (1, 2, 3))
-    dtype = px.dtype
+    dtype = pixels.dtype
 
     @tf.custom_gradient
-    def interpolate(images, px, py):
+    def interpolate(images, pixels):
         flat = tf.reshape(images, [-1, channels])  # (B*H*W)xC
-        ix, wx, sx = axis_taps(px, width)  # T x (BxHoxWo) each
-        iy, wy, sy = axis_taps(py, height)
+        ix, wx, sx = axis_taps(pixels[..., 0], width)  # T x (BxHoxWo) each
+        iy, wy, sy = axis_taps(pixels[..., 1], height)
         wy = [w * finite for w in wy]
-        sy = [s * finite for s in sy]
-        batch = tf.range(tf.shape(px, out_type=tf.int64)[0])[:, None, None]  # Bx1x1
+        sx = [s * movable[..., 0] for s in sx]
+        sy = [s * movable[..., 1] for s in sy]
+        batch = tf.range(tf.shape(pixels, out_type=tf.int64)[0])[:, None, None]  # Bx1x1
         taps = [(i, j) for i in range(len(iy)) for j in range(len(ix))]  # (y tap, x tap)
         rows = [flat_indices(batch, iy[i], ix[j], height, width) for i, j in taps]  # BxHoxWo each
 
-        def tap_values(k):
-            return tf.cast(tf.gather(flat, rows[k]), dtype)  # BxHoxWoxC
-
         out = tf.add_n(
-            [tap_values(k) * tf.expand_dims(wy[i] * wx[j], -1) for k, (i, j) in enumerate(taps)]
+            [
+                tf.cast(tf.gather(flat, rows[k]), dtype) * tf.expand_dims(wy[i] * wx[j], -1)
+                for k, (i, j) in enumerate(taps)
+            ]
         )
 
         def grad(upstream):
-            # All taps at once, (y tap, x tap) flattened in `taps` order: the outer products of the
-            # per-axis stacks keep XLA from redoing each tap's arithmetic in every consumer.
-            stacks_x = [tf.stack(v, axis=-1) for v in (ix, wx, sx)]  # BxHoxWoxT each
-            stacks_y = [tf.stack(v, axis=-1) for v in (iy, wy, sy)]
-            index_x, weight_x, slope_x = (tf.expand_dims(v, -2) for v in stacks_x)  # BxHoxWox1xT
-            index_y, weight_y, slope_y = (tf.expand_dims(v, -1) for v in stacks_y)  # BxHoxWoxTx1
-            shape = tf.concat([tf.shape(px), [len(taps)]], axis=0)
-
-            def outer(y, x):
-                return tf.reshape(y * x, shape)  # BxHoxWox(T*T)
-
-            all_rows = tf.reshape(
-                flat_indices(batch[..., None, None], index_y, index_x, height, width), shape
-            )
-            weights = outer(weight_y, weight_x)
-            updates = tf.expand_dims(upstream, -2) * tf.expand_dims(weights, -1)  # BxHoxWox(T*T)xC
-            d_flat = tf.math.unsorted_segment_sum(
-                tf.reshape(updates, [-1, channels]),
-                tf.reshape(all_rows, [-1]),
-                tf.shape(flat, tf.int64)[0],
-            )
+            # The image gradient: one scatter-add per tap. Each tap's rows and updates are then plain
+            # elementwise loops; one scatter of all taps would need them concatenated, which XLA
+            # compiles to branches (2x slower in total).
+            d_flat = tf.zeros_like(flat, dtype=dtype)
+            for k, (i, j) in enumerate(taps):
+                d_flat = tf.tensor_scatter_nd_add(
+                    d_flat, rows[k][..., None], upstream * tf.expand_dims(wy[i] * wx[j], -1)
+                )
             d_images = tf.reshape(tf.cast(d_flat, images.dtype), tf.shape(images))
             if constant_weights:  # nearest: the output is piecewise constant in the coordinates
-                return d_images, tf.zeros_like(px), tf.zeros_like(py)
-            values = tf.cast(tf.gather(flat, all_rows), dtype)  # BxHoxWox(T*T)xC
-            dots = tf.reduce_sum(values * tf.expand_dims(upstream, -2), axis=-1)  # BxHoxWox(T*T)
-            d_px = tf.reduce_sum(dots * outer(weight_y, slope_x), axis=-1)  # BxHoxWo
-            d_py = tf.reduce_sum(dots * outer(slope_y, weight_x), axis=-1)
-            return d_images, d_px, d_py
+                return d_images, tf.zeros_like(pixels)
+            if isinstance(channels, int) and channels <= _UNROLLED_CHANNELS:
+                slopes = [(wy[i] * sx[j], sy[i] * wx[j]) for i, j in taps]
+                return d_images, _pixel_gradient_unrolled(images, rows, slopes, upstream)
+            d_x, d_y = _pixel_gradient_stacked(
+                flat, upstream, batch, (height, width), (iy, wy, sy), (ix, wx, sx)
+            )
+            return d_images, _pair(d_x, d_y)
 
         return out, grad
 
-    return interpolate(images, px, py)
+    return interpolate(images, pixels)
+
+
+def _pair(x, y):
+    """`tf.stack([x, y], axis=-1)` by scaling unit vectors: a stack compiles to branches in XLA's
+    loops, which then stop being vectorised (3-5x slower)."""
+    unit_x, unit_y = tf.unstack(tf.eye(2, dtype=x.dtype))
+    return tf.expand_dims(x, -1) * unit_x + tf.expand_dims(y, -1) * unit_y
+
+
+def _pixel_gradient_unrolled(images, rows, slopes, upstream):
+    """The gradient w.r.t. the pixel coordinates for a few channels (static `C`), as one loop.
+
+    Per tap, the image values are gathered one channel at a time from the flat image, with the row
+    broadcast along a last axis of 2, so that `d/dx` and `d/dy` each get their own gather. The whole
+    gradient is then a single elementwise loop, which XLA vectorises: no reduction over the channels
+    and no gathered tensor shared by two loops, which XLA would write out to memory first.
+
+    Args:
+        images: `(B, H, W, C)`.
+        rows: list of T*T int64 `(B, H_out, W_out)`, each tap's row in the `(B * H * W, C)` matrix.
+        slopes: list of T*T pairs of `(B, H_out, W_out)`: each tap's `(d weight / dx, d weight / dy)`.
+        upstream: `(B, H_out, W_out, C)`, the output gradient in the compute dtype.
+
+    Returns:
+        `(B, H_out, W_out, 2)`: `sum_tap sum_c upstream[c] * value[tap, c] * slopes[tap]`.
+    """
+    channels = images.shape[-1]
+    values = tf.reshape(images, [-1])  # B*H*W*C
+    pair = tf.zeros([2], tf.int64)
+    terms = []
+    for row, (slope_x, slope_y) in zip(rows, slopes, strict=True):
+        first = tf.expand_dims(row * channels, -1) + pair  # BxHoxWox2, the tap's first channel
+        dot = tf.add_n(
+            [
+                tf.cast(tf.gather(values, first + c), upstream.dtype)
+                * tf.expand_dims(upstream[..., c], -1)
+                for c in range(channels)
+            ]
+        )  # BxHoxWox2, both entries equal
+        terms.append(dot * _pair(slope_x, slope_y))
+    return tf.add_n(terms)
+
+
+def _pixel_gradient_stacked(flat, upstream, batch, size, taps_y, taps_x):
+    """The gradient w.r.t. the pixel coordinates for many channels: one gather of all taps.
+
+    The gather differs from the forward pass's per-tap gathers, so XLA keeps them apart (merged, it
+    would write every tap's values out to memory), and the dot product over the channels is a
+    reduction over a long axis, which XLA runs well.
+
+    Args:
+        flat: the images as a `(B * H * W, C)` matrix.
+        upstream: `(B, H_out, W_out, C)`, the output gradient in the compute dtype.
+        batch: int64 `(B, 1, 1)`, the batch indices.
+        size: the input's `(H, W)`.
+        taps_y, taps_x: `(indices, weights, slopes)` along y and x, lists of T `(B, H_out, W_out)`.
+
+    Returns:
+        `(d_x, d_y)`, each `(B, H_out, W_out)`.
+    """
+    height, width = size
+    index_y, weight_y, slope_y = (tf.stack(v, axis=-1)[..., :, None] for v in taps_y)  # BxHoxWoxTx1
+    index_x, weight_x, slope_x = (tf.stack(v, axis=-1)[..., None, :] for v in taps_x)  # BxHoxWox1xT
+    taps = len(taps_y[0]) * len(taps_x[0])
+    shape = tf.concat([tf.shape(upstream)[:-1], [taps]], axis=0)
+
+    def outer(y, x):
+        return tf.reshape(y * x, shape)  # BxHoxWox(T*T)
+
+    rows = tf.reshape(flat_indices(batch[..., None, None], index_y, index_x, height, width), shape)
+    values = tf.cast(tf.gather(flat, rows), upstream.dtype)  # BxHoxWox(T*T)xC
+    dots = tf.reduce_sum(values * tf.expand_dims(upstream, -2), axis=-1)  # BxHoxWox(T*T)
+    d_x = tf.reduce_sum(dots * outer(weight_y, slope_x), axis=-1)
+    d_y = tf.reduce_sum(dots * outer(slope_y, weight_x), axis=-1)
+    return d_x, d_y

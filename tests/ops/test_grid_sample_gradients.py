@@ -12,9 +12,9 @@ from tests import oracle
 SMOOTH = ["bilinear", "bicubic"]
 
 
-def _case(seed):
+def _case(seed, channels=2):
     rng = np.random.default_rng(seed)
-    images = tf.constant(rng.normal(size=(1, 4, 5, 2)))
+    images = tf.constant(rng.normal(size=(1, 4, 5, channels)))
     # Points spread over and around the image, away from the integer pixel positions where the
     # interpolants have kinks (finite differences straddling a kink are not derivatives).
     grid = rng.uniform(-1.3, 1.3, size=(1, 3, 3, 2))
@@ -25,12 +25,17 @@ def _compiled(fn, jit):
     return tf.function(fn, jit_compile=True) if jit else fn
 
 
+# The backward pass sums over up to 4 channels one at a time and reduces over more (see
+# `stn_keras.ops.sampling`): 2 and 6 channels take one path each.
+@pytest.mark.parametrize("channels", [2, 6])
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "xla"])
 @pytest.mark.parametrize("align_corners", [False, True])
 @pytest.mark.parametrize("padding_mode", PADDING_MODES)
 @pytest.mark.parametrize("interpolation", SMOOTH)
-def test_gradient_matches_finite_differences(interpolation, padding_mode, align_corners, jit):
-    images, grid = _case(seed=3)
+def test_gradient_matches_finite_differences(
+    interpolation, padding_mode, align_corners, jit, channels
+):
+    images, grid = _case(seed=3, channels=channels)
     fn = _compiled(
         functools.partial(
             grid_sample,
@@ -79,6 +84,43 @@ def test_theta_gradient_through_affine_grid_matches_finite_differences(jit):
 
     theoretical, numerical = tf.test.compute_gradient(_compiled(warp, jit), [theta], delta=1e-6)
     np.testing.assert_allclose(theoretical[0], numerical[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("channels", [1, 6])
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "xla"])
+@pytest.mark.parametrize("padding_mode", PADDING_MODES)
+@pytest.mark.parametrize("interpolation", SMOOTH)
+def test_non_finite_points_and_clamped_coordinates_get_zero_grid_gradient(
+    interpolation, padding_mode, jit, channels
+):
+    rng = np.random.default_rng(6)
+    images = tf.constant(rng.normal(size=(2, 4, 5, channels)))
+    good = rng.uniform(-1.3, 1.3, size=(2, 2, 3, 2))
+    bad = [[np.nan, 0.2], [0.1, np.inf], [-np.inf, -np.inf], [1e30, 0.3], [0.0, -3e38]]
+    grid = good.copy()
+    for k, point in enumerate(bad):  # sample 0's points; sample 1 stays good
+        grid[0, k // 3, k % 3] = point
+    upstream = tf.constant(rng.normal(size=(2, 2, 3, channels)))
+
+    def grid_gradient(grid):
+        with tf.GradientTape() as tape:
+            tape.watch(grid)
+            out = grid_sample(images, grid, interpolation=interpolation, padding_mode=padding_mode)
+        return tape.gradient(out, grid, output_gradients=upstream)
+
+    d_grid = _compiled(grid_gradient, jit)(tf.constant(grid)).numpy()
+    d_good = _compiled(grid_gradient, jit)(tf.constant(good)).numpy()
+    assert np.all(np.isfinite(d_grid))
+    # Zero: both coordinates of a non-finite point, and a coordinate clamped at +-1e6 (the other one
+    # still moves the point along the border under border or reflection padding).
+    zero = np.zeros(grid.shape, bool)
+    zero[0].reshape(-1, 2)[: len(bad)] = ~np.isfinite(bad) | (np.abs(bad) > 1e6)
+    zero[0].reshape(-1, 2)[:3] = True  # the three points with a non-finite coordinate
+    np.testing.assert_array_equal(d_grid[zero], 0.0)
+    # A point's gradient depends on that point alone: the good points' gradients are untouched.
+    good_points = np.ones((2, 2, 3), bool)
+    good_points[0].flat[: len(bad)] = False
+    np.testing.assert_allclose(d_grid[good_points], d_good[good_points], rtol=0, atol=1e-12)
 
 
 def test_reduced_precision_images_get_gradients_of_their_dtype():
