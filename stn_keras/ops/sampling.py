@@ -246,10 +246,13 @@ def _grid_sample(images, grid, interpolation, padding_mode, align_corners):
     return tf.cast(out, images.dtype)
 
 
-# Up to this many channels, the backward pass sums over the channels one gathered channel at a time:
-# a reduction inside the fused loop would keep XLA from vectorising it across pixels (4-7x slower).
-# Past it, a reduction over the channels is long enough to run well, and unrolling would bloat the code.
-_UNROLLED_CHANNELS = 4
+# The backward pass takes one of two layouts, by the (static) number of channels; both give the same
+# numbers. Up to this many channels it works per tap: one scatter-add per tap, and the coordinates'
+# gradient as one elementwise loop that sums over the channels one gathered channel at a time (a
+# reduction inside the loop would keep XLA from vectorising it: 4-7x slower). With more channels it
+# stacks all taps on one axis: one scatter, and one gather whose dot product over the channels is a
+# long reduction, which XLA runs well. Each layout is the faster one on its side (see `benchmarks/`).
+_FEW_CHANNELS = 4
 
 
 def _interpolate(images, pixels, finite, movable, axis_taps, constant_weights):
@@ -301,24 +304,29 @@ def _interpolate(images, pixels, finite, movable, axis_taps, constant_weights):
         )
 
         def grad(upstream):
-            # The image gradient: one scatter-add per tap. Each tap's rows and updates are then plain
-            # elementwise loops; one scatter of all taps would need them concatenated, which XLA
-            # compiles to branches (2x slower in total).
-            d_flat = tf.zeros_like(flat, dtype=dtype)
-            for k, (i, j) in enumerate(taps):
-                d_flat = tf.tensor_scatter_nd_add(
-                    d_flat, rows[k][..., None], upstream * tf.expand_dims(wy[i] * wx[j], -1)
+            if isinstance(channels, int) and channels <= _FEW_CHANNELS:
+                # Per tap: each tap's rows, updates and values are plain elementwise loops.
+                d_flat = tf.zeros_like(flat, dtype=dtype)
+                for k, (i, j) in enumerate(taps):
+                    d_flat = tf.tensor_scatter_nd_add(
+                        d_flat, rows[k][..., None], upstream * tf.expand_dims(wy[i] * wx[j], -1)
+                    )
+                slopes = [(wy[i] * sx[j], sy[i] * wx[j]) for i, j in taps]
+                d_pixels = _pixel_gradient_unrolled(images, rows, slopes, upstream)
+            else:
+                # All taps at once: one scatter, and one gather apart from the forward pass's.
+                stacked = _StackedTaps(batch, (height, width), (iy, wy, sy), (ix, wx, sx))
+                updates = tf.expand_dims(upstream, -2) * tf.expand_dims(stacked.weights, -1)
+                d_flat = tf.math.unsorted_segment_sum(
+                    tf.reshape(updates, [-1, channels]),  # (B*Ho*Wo*T*T)xC
+                    tf.reshape(stacked.rows, [-1]),
+                    tf.shape(flat, tf.int64)[0],
                 )
+                d_pixels = _pixel_gradient_stacked(flat, upstream, stacked)
             d_images = tf.reshape(tf.cast(d_flat, images.dtype), tf.shape(images))
             if constant_weights:  # nearest: the output is piecewise constant in the coordinates
-                return d_images, tf.zeros_like(pixels)
-            if isinstance(channels, int) and channels <= _UNROLLED_CHANNELS:
-                slopes = [(wy[i] * sx[j], sy[i] * wx[j]) for i, j in taps]
-                return d_images, _pixel_gradient_unrolled(images, rows, slopes, upstream)
-            d_x, d_y = _pixel_gradient_stacked(
-                flat, upstream, batch, (height, width), (iy, wy, sy), (ix, wx, sx)
-            )
-            return d_images, _pair(d_x, d_y)
+                d_pixels = tf.zeros_like(pixels)
+            return d_images, d_pixels
 
         return out, grad
 
@@ -366,7 +374,44 @@ def _pixel_gradient_unrolled(images, rows, slopes, upstream):
     return tf.add_n(terms)
 
 
-def _pixel_gradient_stacked(flat, upstream, batch, size, taps_y, taps_x):
+class _StackedTaps:
+    """Every tap of every output pixel at once, on a last axis of T*T in (y tap, x tap) order.
+
+    Built as outer products of the per-axis stacks, so XLA computes each axis's tap arithmetic once
+    per pixel rather than once per tap.
+
+    Attributes:
+        rows: int64 `(B, H_out, W_out, T*T)`, each tap's row in the `(B * H * W, C)` image matrix.
+        weights: `(B, H_out, W_out, T*T)`, each tap's weight.
+        slopes_x, slopes_y: `(B, H_out, W_out, T*T)`, its derivatives w.r.t. the x and y coordinate.
+    """
+
+    def __init__(self, batch, size, taps_y, taps_x):
+        """
+        Args:
+            batch: int64 `(B, 1, 1)`, the batch indices.
+            size: the input's `(H, W)`.
+            taps_y, taps_x: `(indices, weights, slopes)` along y and x, lists of T
+                `(B, H_out, W_out)`.
+        """
+        height, width = size
+        index_y, weight_y, slope_y = (tf.stack(v, axis=-1)[..., :, None] for v in taps_y)
+        index_x, weight_x, slope_x = (tf.stack(v, axis=-1)[..., None, :] for v in taps_x)
+        # index_y: BxHoxWoxTx1, index_x: BxHoxWox1xT, and so on.
+        shape = tf.concat([tf.shape(index_y)[:-2], [len(taps_y[0]) * len(taps_x[0])]], axis=0)
+
+        def outer(y, x):
+            return tf.reshape(y * x, shape)  # BxHoxWox(T*T)
+
+        self.rows = tf.reshape(
+            flat_indices(batch[..., None, None], index_y, index_x, height, width), shape
+        )
+        self.weights = outer(weight_y, weight_x)
+        self.slopes_x = outer(weight_y, slope_x)
+        self.slopes_y = outer(slope_y, weight_x)
+
+
+def _pixel_gradient_stacked(flat, upstream, stacked):
     """The gradient w.r.t. the pixel coordinates for many channels: one gather of all taps.
 
     The gather differs from the forward pass's per-tap gathers, so XLA keeps them apart (merged, it
@@ -376,25 +421,13 @@ def _pixel_gradient_stacked(flat, upstream, batch, size, taps_y, taps_x):
     Args:
         flat: the images as a `(B * H * W, C)` matrix.
         upstream: `(B, H_out, W_out, C)`, the output gradient in the compute dtype.
-        batch: int64 `(B, 1, 1)`, the batch indices.
-        size: the input's `(H, W)`.
-        taps_y, taps_x: `(indices, weights, slopes)` along y and x, lists of T `(B, H_out, W_out)`.
+        stacked: the `_StackedTaps`.
 
     Returns:
-        `(d_x, d_y)`, each `(B, H_out, W_out)`.
+        `(B, H_out, W_out, 2)`.
     """
-    height, width = size
-    index_y, weight_y, slope_y = (tf.stack(v, axis=-1)[..., :, None] for v in taps_y)  # BxHoxWoxTx1
-    index_x, weight_x, slope_x = (tf.stack(v, axis=-1)[..., None, :] for v in taps_x)  # BxHoxWox1xT
-    taps = len(taps_y[0]) * len(taps_x[0])
-    shape = tf.concat([tf.shape(upstream)[:-1], [taps]], axis=0)
-
-    def outer(y, x):
-        return tf.reshape(y * x, shape)  # BxHoxWox(T*T)
-
-    rows = tf.reshape(flat_indices(batch[..., None, None], index_y, index_x, height, width), shape)
-    values = tf.cast(tf.gather(flat, rows), upstream.dtype)  # BxHoxWox(T*T)xC
+    values = tf.cast(tf.gather(flat, stacked.rows), upstream.dtype)  # BxHoxWox(T*T)xC
     dots = tf.reduce_sum(values * tf.expand_dims(upstream, -2), axis=-1)  # BxHoxWox(T*T)
-    d_x = tf.reduce_sum(dots * outer(weight_y, slope_x), axis=-1)
-    d_y = tf.reduce_sum(dots * outer(slope_y, weight_x), axis=-1)
-    return d_x, d_y
+    d_x = tf.reduce_sum(dots * stacked.slopes_x, axis=-1)
+    d_y = tf.reduce_sum(dots * stacked.slopes_y, axis=-1)
+    return _pair(d_x, d_y)
