@@ -8,10 +8,13 @@ weights. Taps outside the image are clamped to a valid index and given weight 0 
 so the gather never sees an out-of-range index: runtimes disagree on what that means (TF's CPU kernel
 raises, ONNX wraps negative indices, TFLite aborts) and the exporters carry this code into all of them.
 
-Speed (see `benchmarks/`): one gather per tap, summed, lets XLA compute a pixel's tap arithmetic once
-for all its taps (a single gather of all taps followed by a sum over them makes it redo that arithmetic
-per tap and per channel); the backward pass is written out (`_interpolate`) rather than left to
-autodiff, which would materialise a dozen output-sized intermediates of the tap arithmetic.
+Speed (see `benchmarks/`; measured per XLA loop with the profiler): one gather per tap, summed, lets
+XLA compute a pixel's tap arithmetic once for all its taps. The backward pass is written out
+(`_interpolate`) rather than left to autodiff, and shaped so that XLA can vectorise its loops: no
+select on the whole gradient (the clamp passes its gradient through, `_sanitize`), no stack of the
+two coordinates' gradients (`_pair`), no reduction over a few channels, and no gathered tensor shared
+by two loops (XLA would write it out to memory). Few-channel and many-channel images take different
+layouts of the same sums (`_FEW_CHANNELS`).
 """
 
 import tensorflow as tf
