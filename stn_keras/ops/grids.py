@@ -122,8 +122,8 @@ def map_output_positions(matrices, size, align_corners):
 
     `out[b, h, w, j] = matrices[b, j, 0] * x_w + matrices[b, j, 1] * y_h + matrices[b, j, 2]`: the
     grid of an affine map (J = 2) or the homogeneous grid of a projective one (J = 3). It is a
-    broadcast sum, in full precision on every device (a matmul would run in TF32 on recent NVIDIA
-    GPUs and move points by a quarter of a pixel on 256-pixel images).
+    broadcast product summed over the 3 terms, in full precision on every device (a matmul would
+    run in TF32 on recent NVIDIA GPUs and move points by a quarter of a pixel on 256-pixel images).
 
     The gradient w.r.t. `matrices` is written out. The positions are separable (`x` depends on the
     column only, `y` on the row only), so it is one matmul of the output gradient, read in its own
@@ -153,9 +153,12 @@ def map_output_positions(matrices, size, align_corners):
 
     @tf.custom_gradient
     def apply(matrices):
-        m = matrices[:, None, None]  # Bx1x1xJx3
-        out = (
-            m[..., 0] * xs[None, None, :, None] + m[..., 1] * ys[None, :, None, None] + m[..., 2]
+        # A reduction over the 3 terms rather than their sum: XLA then writes the grid to memory
+        # once, instead of recomputing it inside every loop that reads it, which stops those loops
+        # (the sampler's) from being vectorised.
+        positions = coordinates.base_grid((height, width), align_corners, dtype)  # HxWx3
+        out = tf.reduce_sum(
+            positions[None, :, :, None, :] * matrices[:, None, None], axis=-1
         )  # BxHxWxJ
 
         def grad(upstream):
