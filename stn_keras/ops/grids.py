@@ -88,9 +88,9 @@ def transform_points(points, matrices):
 
     The gradient is written out as two matmuls. Left to autodiff, the gradient w.r.t. `matrices`
     would be a broadcast product reduced over every point, which XLA on a CPU runs as one serial
-    accumulation per entry: 1.7 ms for a `(8, 224, 224)` affine grid against 0.5 ms for the matmul
-    (see `benchmarks/`). On a GPU with TF32 enabled the gradient is rounded as every `Dense`
-    layer's gradient is; the grid itself never is.
+    accumulation per entry (measured on 2 CPU cores: 1.7 ms for 8 x 224 x 224 points of 3 terms,
+    against 0.6 ms as a matmul). On a GPU with TF32 enabled the gradient is rounded as every `Dense`
+    layer's gradient is; the points themselves never are.
 
     Args:
         points: float tensor `(..., K)`, shared by the batch (e.g. `(H, W, 3)` homogeneous positions).
@@ -148,15 +148,14 @@ def map_output_positions(matrices, size, align_corners):
     check_bool("align_corners", align_corners)
     height, width = _check_size(size)
     dtype = matrices.dtype
-    xs = coordinates.linspace_normalized(width, align_corners, dtype)  # W
-    ys = coordinates.linspace_normalized(height, align_corners, dtype)  # H
+    positions = coordinates.base_grid((height, width), align_corners, dtype)  # HxWx3
+    xs, ys = positions[0, :, 0], positions[:, 0, 1]  # W, H
 
     @tf.custom_gradient
     def apply(matrices):
         # A reduction over the 3 terms rather than their sum: XLA then writes the grid to memory
         # once, instead of recomputing it inside every loop that reads it, which stops those loops
         # (the sampler's) from being vectorised.
-        positions = coordinates.base_grid((height, width), align_corners, dtype)  # HxWx3
         out = tf.reduce_sum(
             positions[None, :, :, None, :] * matrices[:, None, None], axis=-1
         )  # BxHxWxJ

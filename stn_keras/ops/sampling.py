@@ -116,7 +116,7 @@ def _axis_taps(pixel, size, kernel, pad_taps, padding_mode, align_corners):
 
 
 @tf.custom_gradient
-def _sanitize(grid):
+def _sanitize(grid, finite):
     """`grid` with non-finite points set to 0 and the rest clamped to +-`_COORD_LIMIT`.
 
     The gradient is passed through unchanged: the sampler zeros the coordinate slopes of every point
@@ -126,13 +126,14 @@ def _sanitize(grid):
 
     Args:
         grid: `(B, H_out, W_out, 2)`.
+        finite: bool `(B, H_out, W_out)`, whether both coordinates of a point are finite.
 
     Returns:
         `(B, H_out, W_out, 2)`.
     """
-    finite = tf.reduce_all(tf.math.is_finite(grid), axis=-1, keepdims=True)  # BxHoxWox1
     clipped = tf.clip_by_value(grid, -_COORD_LIMIT, _COORD_LIMIT)
-    return tf.where(finite, clipped, tf.zeros_like(grid)), lambda upstream: upstream
+    sanitized = tf.where(finite[..., None], clipped, tf.zeros_like(grid))
+    return sanitized, lambda upstream: (upstream, None)
 
 
 def flat_indices(batch, y, x, height, width):
@@ -226,7 +227,7 @@ def _grid_sample(images, grid, interpolation, padding_mode, align_corners):
     finite = tf.reduce_all(tf.math.is_finite(grid), axis=-1)  # BxHoxWo
     # Coordinates the clamp leaves alone (False for NaN): the only ones with a nonzero slope.
     movable = finite[..., None] & (tf.abs(grid) <= _COORD_LIMIT)  # BxHoxWox2
-    grid = _sanitize(grid)
+    grid = _sanitize(grid, finite)
     # Both axes at once, elementwise against the sizes (x, y): slicing the grid into x and y here would
     # make its gradient a padded concatenation, which XLA compiles to branchy, unvectorised code.
     sizes = tf.stack([width, height])  # 2
