@@ -19,6 +19,7 @@ COLUMNS = (
     "onnx-ours",
     "onnx-native",
     "memcpy",
+    "xla-call",
 )
 REFERENCE = "ours-xla"
 
@@ -57,12 +58,19 @@ def summary(results):
     """Markdown lines of the headline table: `ours-xla` against torch's faster layout, per task.
 
     Each task's cell reads `ours ms / torch ms (speed-up)`, the speed-up being torch's time over
-    ours (above 1: ours is faster); the last column is `ours-xla`'s forward time over the memcpy
-    floor's.
+    ours (above 1: ours is faster); the last columns are `ours-xla`'s forward time over the memcpy
+    floor's and the time of an XLA-compiled call that does nothing (`xla-call`, forward).
     """
     by_key = {(r["case"], r["task"], r["contender"]): r for r in results["timings"]}
     cases = list(dict.fromkeys(r["case"] for r in results["timings"]))
-    header = ["case", "forward", "fwd + bwd (theta)", "fwd + bwd (images, theta)", "fwd / memcpy"]
+    header = [
+        "case",
+        "forward",
+        "fwd + bwd (theta)",
+        "fwd + bwd (images, theta)",
+        "fwd / memcpy",
+        "xla-call",
+    ]
     rows = []
     for case in cases:
         row = [case]
@@ -78,6 +86,8 @@ def summary(results):
                 row.append(f"{ours:.3g} / {torch:.3g} ({torch / ours:.2f}x)")
         ours, floor = (_median(by_key, case, "forward", c) for c in (REFERENCE, "memcpy"))
         row.append(f"{ours / floor:.0f}x" if ours and floor else "")
+        call = _median(by_key, case, "forward", "xla-call")
+        row.append(f"{call:.3g}" if call else "")
         rows.append(row)
     return _table(header, rows)
 
@@ -101,7 +111,8 @@ def markdown(results):
         "float32, channels-last unless the name says otherwise. Times are medians over "
         f"{results['rounds']} interleaved rounds, in milliseconds; ratios are a contender's time "
         f"over `{REFERENCE}`'s, so a ratio above 1 means `{REFERENCE}` is faster. `memcpy` copies "
-        "as many bytes as the output holds: the bandwidth floor.",
+        "as many bytes as the output holds: the bandwidth floor. `xla-call` is an XLA-compiled "
+        "TensorFlow call with the same arguments that does almost nothing: the cost of a call.",
     ]
     lines += [
         "",

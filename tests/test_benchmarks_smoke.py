@@ -6,7 +6,7 @@ from benchmarks import memory, run
 from benchmarks.suite import QUICK_SUITE, TASKS
 
 # torch is optional (the `bench` extra) and tests never import it: run the families that need no torch.
-FAMILIES = ("ours", "tf", "onnx", "memcpy")
+FAMILIES = ("ours", "tf", "onnx", "floors")
 
 
 def test_quick_run_writes_json_and_markdown_with_every_row(tmp_path):
@@ -17,6 +17,7 @@ def test_quick_run_writes_json_and_markdown_with_every_row(tmp_path):
     for task in TASKS:
         for mode in ("eager", "graph", "xla"):
             assert (task, f"ours-{mode}") in timed
+        assert (task, "xla-call") in timed
     for contender in (
         "tf-projective",
         "keras-map-coordinates",

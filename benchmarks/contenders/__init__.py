@@ -50,7 +50,7 @@ FAMILIES = {
     "torch": "torch_native",
     "tf": "tf_builtin",
     "onnx": "onnx_graphs",
-    "memcpy": "memcpy",
+    "floors": "floors",
 }
 
 
