@@ -309,21 +309,25 @@ def _interpolate(images, pixels, finite, movable, axis_taps, constant_weights):
 
         def grad(upstream):
             # The image gradient is scattered in rows of `scattered` channels, sliced back after.
+            # Each scatter's updates are padded in their own loop: one padded copy of `upstream`
+            # shared by all of them makes XLA run the whole backward pass in sequence on one
+            # thread (8x224x224x3 on one thread: 27 ms, against 17 ms).
             scattered = _scatter_width(channels, (height, width), pixels.shape[1:3])
-            padded = _pad_channels(upstream, scattered)  # BxHoxWox(scattered)
             if isinstance(channels, int) and channels <= _FEW_CHANNELS:
                 # Per tap: each tap's rows, updates and values are plain elementwise loops.
                 d_flat = tf.zeros(tf.stack([tf.shape(flat)[0], scattered]), dtype=dtype)
                 for k, (i, j) in enumerate(taps):
+                    updates = upstream * tf.expand_dims(wy[i] * wx[j], -1)  # BxHoxWoxC
                     d_flat = tf.tensor_scatter_nd_add(
-                        d_flat, rows[k][..., None], padded * tf.expand_dims(wy[i] * wx[j], -1)
+                        d_flat, rows[k][..., None], _pad_channels(updates, scattered)
                     )
                 slopes = [(wy[i] * sx[j], sy[i] * wx[j]) for i, j in taps]
                 d_pixels = _pixel_gradient_unrolled(images, rows, slopes, upstream)
             else:
                 # All taps at once: one scatter, and one gather apart from the forward pass's.
                 stacked = _StackedTaps(batch, (height, width), (iy, wy, sy), (ix, wx, sx))
-                updates = tf.expand_dims(padded, -2) * tf.expand_dims(stacked.weights, -1)
+                updates = tf.expand_dims(upstream, -2) * tf.expand_dims(stacked.weights, -1)
+                updates = _pad_channels(updates, scattered)  # BxHoxWox(T*T)x(scattered)
                 d_flat = tf.math.unsorted_segment_sum(
                     tf.reshape(updates, [-1, scattered]),  # (B*Ho*Wo*T*T)x(scattered)
                     tf.reshape(stacked.rows, [-1]),
