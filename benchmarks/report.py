@@ -49,6 +49,11 @@ def _table(header, rows):
     return lines
 
 
+def _cpus_used(machine):
+    used = machine.get("cpus_used")
+    return f" ({used} used)" if used and used != machine["cpu_count"] else ""
+
+
 def _median(by_key, case, task, contender):
     record = by_key.get((case, task, contender))
     return record["median_ms"] if record and "median_ms" in record else None
@@ -102,7 +107,8 @@ def markdown(results):
         "",
         f"`{results['command']}` at {results['date']} (commit `{results['commit']}`).",
         "",
-        f"Machine: {machine['cpu_model']}, {machine['cpu_count']} logical CPUs, load average "
+        f"Machine: {machine['cpu_model']}, {machine['cpu_count']} logical CPUs"
+        f"{_cpus_used(machine)}, load average "
         f"{load} at the start and {load_end} at the end; {machine['platform']}. Threads per "
         f"framework: {results.get('threads') or 'each framework default (all cores)'}.",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in machine["versions"].items()) + ".",

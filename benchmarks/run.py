@@ -48,7 +48,8 @@ def _parse(argv):
         "--threads",
         type=int,
         default=None,
-        help="threads for TF/XLA, torch and onnxruntime alike. Defaults to each one's default.",
+        help="threads for TF/XLA, torch and onnxruntime alike, and the process confined to as "
+        "many CPUs. Defaults to each one's default, on every CPU.",
     )
     parser.add_argument(
         "--no-memory", action="store_true", help="skip the peak-memory child process"
@@ -107,6 +108,8 @@ def _machine(modules):
     return {
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
+        # The CPUs this process may run on (`--threads` confines it to that many).
+        "cpus_used": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "platform": platform.platform(),
         "python": platform.python_version(),
         "versions": versions,
