@@ -145,10 +145,9 @@ def map_output_positions(matrices, size, align_corners):
     Raises:
         ValueError: if `size` is not a pair of positive sizes or `align_corners` is not a bool.
     """
-    check_bool("align_corners", align_corners)
     height, width = _check_size(size)
     dtype = matrices.dtype
-    positions = coordinates.base_grid((height, width), align_corners, dtype)  # HxWx3
+    positions = output_positions((height, width), align_corners, dtype)  # HxWx3
     xs, ys = positions[0, :, 0], positions[:, 0, 1]  # W, H
 
     @tf.custom_gradient

@@ -314,7 +314,8 @@ def _interpolate(images, pixels, finite, movable, axis_taps, constant_weights):
             # shared by all of them makes XLA run the whole backward pass in sequence on one
             # thread (8x224x224x3 on one thread: 27-29 ms, against 17-19 ms).
             scattered = _scatter_width(channels, (height, width), pixels.shape[1:3])
-            if isinstance(channels, int) and channels <= _FEW_CHANNELS:
+            few = isinstance(channels, int) and channels <= _FEW_CHANNELS
+            if few:
                 # Per tap: each tap's rows, updates and values are plain elementwise loops.
                 d_flat = tf.zeros(tf.stack([tf.shape(flat)[0], scattered]), dtype=dtype)
                 for k, (i, j) in enumerate(taps):
@@ -322,8 +323,6 @@ def _interpolate(images, pixels, finite, movable, axis_taps, constant_weights):
                     d_flat = tf.tensor_scatter_nd_add(
                         d_flat, rows[k][..., None], _pad_channels(updates, scattered)
                     )
-                slopes = [(wy[i] * sx[j], sy[i] * wx[j]) for i, j in taps]
-                d_pixels = _pixel_gradient_unrolled(images, rows, slopes, upstream)
             else:
                 # All taps at once: one scatter, and one gather apart from the forward pass's.
                 stacked = _StackedTaps(batch, (height, width), (iy, wy, sy), (ix, wx, sx))
@@ -334,12 +333,16 @@ def _interpolate(images, pixels, finite, movable, axis_taps, constant_weights):
                     tf.reshape(stacked.rows, [-1]),
                     tf.shape(flat, tf.int64)[0],
                 )
-                d_pixels = _pixel_gradient_stacked(flat, upstream, stacked)
             if scattered != channels:
                 d_flat = d_flat[:, :channels]
             d_images = tf.reshape(tf.cast(d_flat, images.dtype), tf.shape(images))
             if constant_weights:  # nearest: the output is piecewise constant in the coordinates
                 d_pixels = tf.zeros_like(pixels)
+            elif few:
+                slopes = [(wy[i] * sx[j], sy[i] * wx[j]) for i, j in taps]
+                d_pixels = _pixel_gradient_unrolled(images, rows, slopes, upstream)
+            else:
+                d_pixels = _pixel_gradient_stacked(flat, upstream, stacked)
             return d_images, d_pixels
 
         return out, grad
