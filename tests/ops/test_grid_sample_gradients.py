@@ -28,8 +28,8 @@ def _compiled(fn, jit):
 
 # The backward pass sums over up to 4 channels one at a time and reduces over more, and scatters the
 # image gradient of an odd channel count in rows one channel wider (see `stn_keras.ops.sampling`):
-# 3 and 5 channels take one layout each, padded; the zero-gradient test below takes both unpadded.
-@pytest.mark.parametrize("channels", [3, 5])
+# 1 channel takes the per-channel layout unpadded, 3 and 5 take one layout each, padded.
+@pytest.mark.parametrize("channels", [1, 3, 5])
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "xla"])
 @pytest.mark.parametrize("align_corners", [False, True])
 @pytest.mark.parametrize("padding_mode", PADDING_MODES)
