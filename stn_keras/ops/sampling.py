@@ -10,7 +10,7 @@ raises, ONNX wraps negative indices, TFLite aborts) and the exporters carry this
 
 Speed (see `benchmarks/`; measured per XLA loop with the profiler): one gather per tap, summed, lets
 XLA compute a pixel's tap arithmetic once for all its taps. The backward pass is written out
-(`_interpolate`) rather than left to autodiff, and shaped so that XLA can vectorise its loops: no
+(`_interpolate`) rather than left to autodiff, and shaped around what made XLA's loops slow: no
 select on the whole gradient (the clamp passes its gradient through, `_sanitize`), no stack of the
 two coordinates' gradients (`_pair`), no reduction over a few channels, and no gathered tensor shared
 by two loops (XLA would write it out to memory). Few-channel and many-channel images take different
@@ -254,7 +254,7 @@ def _grid_sample(images, grid, interpolation, padding_mode, align_corners):
 # The backward pass takes one of two layouts, by the (static) number of channels; both give the same
 # numbers. Up to this many channels it works per tap: one scatter-add per tap, and the coordinates'
 # gradient as one elementwise loop that sums over the channels one gathered channel at a time (a
-# reduction inside the loop would keep XLA from vectorising it: 4-7x slower). With more channels it
+# reduction inside the loop made it 4-7x slower). With more channels it
 # stacks all taps on one axis: one scatter, and one gather whose dot product over the channels is a
 # long reduction, which XLA runs well. Each layout is the faster one on its side (see `benchmarks/`).
 _FEW_CHANNELS = 4
@@ -396,8 +396,9 @@ def _pixel_gradient_unrolled(images, rows, slopes, upstream):
 
     Per tap, the image values are gathered one channel at a time from the flat image, with the row
     broadcast along a last axis of 2, so that `d/dx` and `d/dy` each get their own gather. The whole
-    gradient is then a single elementwise loop, which XLA vectorises: no reduction over the channels
-    and no gathered tensor shared by two loops, which XLA would write out to memory first.
+    gradient is then a single elementwise loop: no reduction over the channels and no gathered tensor
+    shared by two loops, which XLA would write out to memory first. LLVM still leaves that loop
+    scalar (its cost model finds vectorising a dozen gathers per pixel not worth it).
 
     Args:
         images: `(B, H, W, C)`.
