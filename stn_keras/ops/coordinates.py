@@ -92,17 +92,67 @@ def unnormalize(coord, size, align_corners):
 
 
 def _reflect(coord, twice_low, twice_high):
-    """Reflect `coord` into [twice_low / 2, twice_high / 2] by folding at both ends, as PyTorch does."""
+    """Fold `coord` into [twice_low / 2, twice_high / 2] at both ends, as PyTorch does.
+
+    Returns:
+        `(reflected, direction)`: the folded coordinate and d reflected / d coord, +1 or -1 (0 for a
+        degenerate span, a single pixel with `align_corners=True`, which folds everything onto 0).
+    """
     low = twice_low / 2.0
     span = (twice_high - twice_low) / 2.0
     safe_span = tf.maximum(span, 1.0)  # only used where span > 0
-    dist = tf.abs(coord - low)
+    shifted = coord - low
+    dist = tf.abs(shifted)
     extra = tf.math.floormod(dist, safe_span)
     flips = tf.floor(dist / safe_span)
     even = tf.equal(tf.math.floormod(flips, 2.0), 0.0)
     reflected = tf.where(even, extra + low, safe_span - extra + low)
-    # A degenerate span (a single pixel with align_corners=True) reflects everything onto 0.
-    return tf.where(span > 0.0, reflected, tf.zeros_like(coord))
+    # PyTorch's sign: -1 below `low` (not at it), flipped again by every odd fold.
+    sign = tf.where(shifted < 0.0, -tf.ones_like(coord), tf.ones_like(coord))
+    direction = tf.where(even, sign, -sign)
+    degenerate = span <= 0.0
+    zeros = tf.zeros_like(coord)
+    return tf.where(degenerate, zeros, reflected), tf.where(degenerate, zeros, direction)
+
+
+def _clip(coord, n):
+    """Clip `coord` to `[0, n - 1]`; the slope is 1 strictly inside and 0 on or beyond either end.
+
+    PyTorch counts a coordinate exactly on a border as clipped (`clip_coordinates_set_grad`), so the
+    gradient there is 0, not the one-sided derivative.
+    """
+    last = n - 1.0
+    slope = tf.cast((coord > 0.0) & (coord < last), coord.dtype)
+    return tf.clip_by_value(coord, 0.0, last), slope
+
+
+def padding_with_slope(coord, size, padding_mode, align_corners):
+    """Where `padding_mode` reads `coord` from, and the derivative PyTorch gives that map.
+
+    Args:
+        coord: pixel coordinates (see `unnormalize`), any shape, floating, finite.
+        size: number of pixels along the axis (Python int or scalar integer tensor), or a tensor of
+            sizes broadcastable against `coord`, such as `(W, H)` for a last axis `(x, y)`.
+        padding_mode: one of `PADDING_MODES`.
+        align_corners: see the module docstring.
+
+    Returns:
+        `(padded, slope)`, both of `coord`'s shape and dtype. `slope` is PyTorch's
+        `compute_coordinates_set_grad` multiplier: 1 for `"zeros"`; for `"border"` 1 strictly inside
+        the image and 0 on or beyond its border pixels' centres; for `"reflection"` the folds' sign
+        (+-1) times the clip's 0/1 after folding.
+    """
+    if padding_mode == "zeros":
+        return coord, tf.ones_like(coord)
+    n = tf.cast(size, coord.dtype)
+    direction = tf.ones_like(coord)
+    if padding_mode == "reflection":
+        if align_corners:
+            coord, direction = _reflect(coord, 0.0, 2.0 * (n - 1.0))
+        else:
+            coord, direction = _reflect(coord, -1.0, 2.0 * n - 1.0)
+    coord, slope = _clip(coord, n)
+    return coord, direction * slope
 
 
 def apply_padding(coord, size, padding_mode, align_corners):
@@ -110,7 +160,8 @@ def apply_padding(coord, size, padding_mode, align_corners):
 
     `"zeros"` leaves the coordinate alone (taps outside read as 0); `"border"` clips it to
     `[0, size - 1]`; `"reflection"` folds it at the image borders (the pixel centres of the corner pixels
-    with `align_corners=True`, their outer edges otherwise) and then clips.
+    with `align_corners=True`, their outer edges otherwise) and then clips. The gradient is PyTorch's
+    (see `padding_with_slope`): 0 for a coordinate exactly on a clipping border.
 
     Args:
         coord: pixel coordinates (see `unnormalize`), any shape, floating.
@@ -125,10 +176,10 @@ def apply_padding(coord, size, padding_mode, align_corners):
     """
     if padding_mode == "zeros":
         return coord
-    n = tf.cast(size, coord.dtype)
-    if padding_mode == "reflection":
-        if align_corners:
-            coord = _reflect(coord, 0.0, 2.0 * (n - 1.0))
-        else:
-            coord = _reflect(coord, -1.0, 2.0 * n - 1.0)
-    return tf.clip_by_value(coord, 0.0, n - 1.0)
+
+    @tf.custom_gradient
+    def pad(coord):
+        padded, slope = padding_with_slope(coord, size, padding_mode, align_corners)
+        return padded, lambda upstream: upstream * slope
+
+    return pad(coord)

@@ -9,7 +9,7 @@ The grid convention (last axis `(x, y)`, normalised to [-1, 1], `align_corners`)
 import numpy as np
 import tensorflow as tf
 
-from stn_keras.ops import coordinates
+from stn_keras.ops import coordinates, recording
 from stn_keras.ops.validation import check_bool
 
 # The projective division x' / w is guarded by keeping |w| >= this, with w's sign (w == 0 counts
@@ -209,9 +209,13 @@ def affine_grid(theta, size, align_corners=False):
         TensorShape([1, 2, 3, 2])
     """
     theta = check_params(theta, "theta", (2, 3), "(B, 2, 3)")
-    dtype = coordinates.compute_dtype(theta.dtype)
-    grid = map_output_positions(tf.cast(theta, dtype), size, align_corners)  # BxHxWx2
-    return tf.cast(grid, theta.dtype)
+    check_bool("align_corners", align_corners)
+    # The scope and the marked theta and grid tell the ONNX exporter an AffineGrid (`recording`).
+    with tf.name_scope(recording.affine_grid_scope(align_corners)):
+        theta = recording.mark(theta, "theta")
+        dtype = coordinates.compute_dtype(theta.dtype)
+        grid = map_output_positions(tf.cast(theta, dtype), size, align_corners)  # BxHxWx2
+        return recording.mark(tf.cast(grid, theta.dtype), "grid")
 
 
 def attention_grid(params, size, align_corners=False):

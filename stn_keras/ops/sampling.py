@@ -4,8 +4,9 @@ An interpolation mode is separable: along each axis it turns a pixel coordinate 
 positions, their weights and the weights' slopes (nearest: 1 tap, bilinear: 2, bicubic: 4). The sampler
 takes the outer product of the y and x taps, turns each tap into a flat row index of the
 `(B * H * W, C)` image matrix, gathers each tap's rows with `tf.gather` and sums them with their
-weights. Taps outside the image are clamped to a valid index and given weight 0 ("clamp, then mask"),
-so the gather never sees an out-of-range index: runtimes disagree on what that means (TF's CPU kernel
+weights. Taps outside the image are clamped to a valid index and then selected away ("clamp, then
+mask"; a select, since 0 * NaN is NaN and images may hold NaN), so the gather never sees an
+out-of-range index: runtimes disagree on what that means (TF's CPU kernel
 raises, ONNX wraps negative indices, TFLite aborts) and the exporters carry this code into all of them.
 
 Speed (see `benchmarks/`; measured per XLA loop with the profiler): one gather per tap, summed, lets
@@ -20,7 +21,7 @@ scattered in rows one channel wider (`_scatter_width`).
 
 import tensorflow as tf
 
-from stn_keras.ops import coordinates
+from stn_keras.ops import coordinates, recording
 from stn_keras.ops.validation import check_bool, check_choice, check_rank, check_same_batch
 
 INTERPOLATIONS = ("bilinear", "nearest", "bicubic")
@@ -88,7 +89,7 @@ _KERNELS = {
 
 
 def _axis_taps(pixel, size, kernel, pad_taps, padding_mode, align_corners):
-    """Tap indices, weights and weight slopes along one axis.
+    """Tap indices, weights, weight slopes and validity along one axis.
 
     Args:
         pixel: finite pixel coordinates `(B, H_out, W_out)`, already padded unless `pad_taps`.
@@ -97,9 +98,11 @@ def _axis_taps(pixel, size, kernel, pad_taps, padding_mode, align_corners):
         padding_mode, align_corners: as in `grid_sample`.
 
     Returns:
-        `(indices, weights, slopes)`, lists of T tensors `(B, H_out, W_out)`: int64 tap positions,
-        always inside `[0, size - 1]`, their weights and the weights' derivatives w.r.t. `pixel`, both 0
-        for a tap that falls outside the image.
+        `(indices, weights, slopes, inside)`, lists of T tensors `(B, H_out, W_out)`: int64 tap
+        positions, always inside `[0, size - 1]` (a tap outside is parked on 0), their weights, the
+        weights' derivatives w.r.t. `pixel`, and whether the tap lies inside the image. A tap that is
+        not inside must contribute nothing: the sampler selects it away (its parked pixel may hold
+        NaN, and 0 * NaN is NaN).
     """
     positions, weights, slopes = kernel(pixel)
     if pad_taps:
@@ -107,13 +110,12 @@ def _axis_taps(pixel, size, kernel, pad_taps, padding_mode, align_corners):
             coordinates.apply_padding(p, size, padding_mode, align_corners) for p in positions
         ]
     last = tf.cast(size, pixel.dtype) - 1.0
-    indices, masked_weights, masked_slopes = [], [], []
-    for position, weight, slope in zip(positions, weights, slopes, strict=True):
-        inside = (position >= 0.0) & (position <= last)
-        indices.append(tf.cast(tf.where(inside, position, tf.zeros_like(position)), tf.int64))
-        masked_weights.append(tf.where(inside, weight, tf.zeros_like(weight)))
-        masked_slopes.append(tf.where(inside, slope, tf.zeros_like(slope)))
-    return indices, masked_weights, masked_slopes
+    indices, inside = [], []
+    for position in positions:
+        within = (position >= 0.0) & (position <= last)
+        indices.append(tf.cast(tf.where(within, position, tf.zeros_like(position)), tf.int64))
+        inside.append(within)
+    return indices, weights, slopes, inside
 
 
 @tf.custom_gradient
@@ -156,6 +158,29 @@ def flat_indices(batch, y, x, height, width):
     return (batch * height + y) * width + x
 
 
+def _select(valid, values):
+    """`values` where `valid` (broadcast), else exactly 0, even where `values` is NaN or inf."""
+    return tf.where(valid, values, tf.zeros_like(values))
+
+
+def _batch_indices(images, grid):
+    """`tf.range(B)` as int64, with the run-time check that `images` and `grid` share the batch size.
+
+    Batch sizes known only at run time cannot be compared when the op is traced. Stacking the two
+    ranges fails, in graph mode and when XLA compiles the function alike, with an error that names
+    both sizes and this op; an assertion would be dropped by XLA.
+
+    Args:
+        images: `(B, ...)`.
+        grid: `(B, ...)`.
+
+    Returns:
+        int64 `(B,)`.
+    """
+    ranges = [tf.range(tf.shape(x, out_type=tf.int64)[0]) for x in (images, grid)]
+    return tf.stack(ranges, name="batch_sizes_of_images_and_grid_must_match")[0]
+
+
 def grid_sample(images, grid, interpolation="bilinear", padding_mode="zeros", align_corners=False):
     """Sample `images` at the normalised positions of `grid`, exactly as `torch.nn.functional.grid_sample`.
 
@@ -194,16 +219,16 @@ def grid_sample(images, grid, interpolation="bilinear", padding_mode="zeros", al
         >>> grid_sample(images, grid).shape
         TensorShape([2, 16, 16, 3])
     """
-    # The exporters find the sampler in a traced graph by this name scope (see `stn_keras.export`).
-    with tf.name_scope("grid_sample"):
+    check_choice("interpolation", interpolation, INTERPOLATIONS)
+    check_choice("padding_mode", padding_mode, coordinates.PADDING_MODES)
+    check_bool("align_corners", align_corners)
+    # The scope and the marked boundary tell the exporters the sampler and its mode (`recording`).
+    with tf.name_scope(recording.sampler_scope(interpolation, padding_mode, align_corners)):
         return _grid_sample(images, grid, interpolation, padding_mode, align_corners)
 
 
 def _grid_sample(images, grid, interpolation, padding_mode, align_corners):
-    """The body of `grid_sample`, run inside its `grid_sample` name scope."""
-    check_choice("interpolation", interpolation, INTERPOLATIONS)
-    check_choice("padding_mode", padding_mode, coordinates.PADDING_MODES)
-    check_bool("align_corners", align_corners)
+    """The body of `grid_sample`, run inside its recorded name scope."""
     images = tf.convert_to_tensor(images)
     grid = tf.convert_to_tensor(grid)
     check_rank(images, "images", 4, "(B, H, W, C)")
@@ -219,6 +244,8 @@ def _grid_sample(images, grid, interpolation, padding_mode, align_corners):
             f"Received: images.dtype={images.dtype.name}, grid.dtype={grid.dtype.name}"
         )
     check_same_batch(images, "images", grid, "grid")
+    images = recording.mark(images, "images")
+    grid = recording.mark(grid, "grid")
 
     dtype = coordinates.compute_dtype(images.dtype, grid.dtype)
     height, width = (coordinates.dim(images, axis) for axis in (1, 2))
@@ -243,12 +270,12 @@ def _grid_sample(images, grid, interpolation, padding_mode, align_corners):
     out = _interpolate(
         images,
         pixels,
-        tf.cast(finite, dtype),
+        finite,
         tf.cast(movable, dtype),
         axis_taps,
         constant_weights=interpolation == "nearest",
     )
-    return tf.cast(out, images.dtype)
+    return recording.mark(tf.cast(out, images.dtype), "output")
 
 
 # The backward pass takes one of two layouts, by the (static) number of channels; both give the same
@@ -276,7 +303,8 @@ def _interpolate(images, pixels, finite, movable, axis_taps, constant_weights):
         images: `(B, H, W, C)`.
         pixels: finite pixel coordinates `(B, H_out, W_out, 2)`, last axis `(x, y)`, in the compute
             dtype.
-        finite: `(B, H_out, W_out)`, 1 where the grid point was finite, else 0.
+        finite: bool `(B, H_out, W_out)`, whether the grid point was finite: a point that was not
+            reads no tap at all.
         movable: `(B, H_out, W_out, 2)`, 1 where the coordinate was finite and not clamped, else 0:
             the weights' slopes are zeroed elsewhere, which makes the gradient exact through
             `_sanitize`.
@@ -292,18 +320,22 @@ def _interpolate(images, pixels, finite, movable, axis_taps, constant_weights):
     @tf.custom_gradient
     def interpolate(images, pixels):
         flat = tf.reshape(images, [-1, channels])  # (B*H*W)xC
-        ix, wx, sx = axis_taps(pixels[..., 0], width)  # T x (BxHoxWo) each
-        iy, wy, sy = axis_taps(pixels[..., 1], height)
-        wy = [w * finite for w in wy]
+        ix, wx, sx, inside_x = axis_taps(pixels[..., 0], width)  # T x (BxHoxWo) each
+        iy, wy, sy, inside_y = axis_taps(pixels[..., 1], height)
         sx = [s * movable[..., 0] for s in sx]
         sy = [s * movable[..., 1] for s in sy]
-        batch = tf.range(tf.shape(pixels, out_type=tf.int64)[0])[:, None, None]  # Bx1x1
+        batch = _batch_indices(images, pixels)[:, None, None]  # Bx1x1
         taps = [(i, j) for i in range(len(iy)) for j in range(len(ix))]  # (y tap, x tap)
         rows = [flat_indices(batch, iy[i], ix[j], height, width) for i, j in taps]  # BxHoxWo each
+        # Whether each tap is read at all, BxHoxWox1: selected, never multiplied by 0 (0 * NaN).
+        valid = [(inside_y[i] & inside_x[j] & finite)[..., None] for i, j in taps]
 
         out = tf.add_n(
             [
-                tf.cast(tf.gather(flat, rows[k]), dtype) * tf.expand_dims(wy[i] * wx[j], -1)
+                _select(
+                    valid[k],
+                    tf.cast(tf.gather(flat, rows[k]), dtype) * tf.expand_dims(wy[i] * wx[j], -1),
+                )
                 for k, (i, j) in enumerate(taps)
             ]
         )
@@ -319,14 +351,19 @@ def _interpolate(images, pixels, finite, movable, axis_taps, constant_weights):
                 # Per tap: each tap's rows, updates and values are plain elementwise loops.
                 d_flat = tf.zeros(tf.stack([tf.shape(flat)[0], scattered]), dtype=dtype)
                 for k, (i, j) in enumerate(taps):
-                    updates = upstream * tf.expand_dims(wy[i] * wx[j], -1)  # BxHoxWoxC
+                    updates = _select(valid[k], upstream * tf.expand_dims(wy[i] * wx[j], -1))
                     d_flat = tf.tensor_scatter_nd_add(
                         d_flat, rows[k][..., None], _pad_channels(updates, scattered)
                     )
             else:
                 # All taps at once: one scatter, and one gather apart from the forward pass's.
-                stacked = _StackedTaps(batch, (height, width), (iy, wy, sy), (ix, wx, sx))
-                updates = tf.expand_dims(upstream, -2) * tf.expand_dims(stacked.weights, -1)
+                stacked = _StackedTaps(
+                    batch, (height, width), (iy, wy, sy), (ix, wx, sx), tf.concat(valid, -1)
+                )
+                updates = _select(
+                    stacked.valid[..., None],
+                    tf.expand_dims(upstream, -2) * tf.expand_dims(stacked.weights, -1),
+                )
                 updates = _pad_channels(updates, scattered)  # BxHoxWox(T*T)x(scattered)
                 d_flat = tf.math.unsorted_segment_sum(
                     tf.reshape(updates, [-1, scattered]),  # (B*Ho*Wo*T*T)x(scattered)
@@ -340,7 +377,7 @@ def _interpolate(images, pixels, finite, movable, axis_taps, constant_weights):
                 d_pixels = tf.zeros_like(pixels)
             elif few:
                 slopes = [(wy[i] * sx[j], sy[i] * wx[j]) for i, j in taps]
-                d_pixels = _pixel_gradient_unrolled(images, rows, slopes, upstream)
+                d_pixels = _pixel_gradient_unrolled(images, rows, valid, slopes, upstream)
             else:
                 d_pixels = _pixel_gradient_stacked(flat, upstream, stacked)
             return d_images, d_pixels
@@ -391,7 +428,7 @@ def _pair(x, y):
     return tf.expand_dims(x, -1) * unit_x + tf.expand_dims(y, -1) * unit_y
 
 
-def _pixel_gradient_unrolled(images, rows, slopes, upstream):
+def _pixel_gradient_unrolled(images, rows, valid, slopes, upstream):
     """The gradient w.r.t. the pixel coordinates for a few channels (static `C`), as one loop.
 
     Per tap, the image values are gathered one channel at a time from the flat image, with the row
@@ -403,6 +440,7 @@ def _pixel_gradient_unrolled(images, rows, slopes, upstream):
     Args:
         images: `(B, H, W, C)`.
         rows: list of T*T int64 `(B, H_out, W_out)`, each tap's row in the `(B * H * W, C)` matrix.
+        valid: list of T*T bool `(B, H_out, W_out, 1)`, whether each tap is read.
         slopes: list of T*T pairs of `(B, H_out, W_out)`: each tap's `(d weight / dx, d weight / dy)`.
         upstream: `(B, H_out, W_out, C)`, the output gradient in the compute dtype.
 
@@ -413,7 +451,7 @@ def _pixel_gradient_unrolled(images, rows, slopes, upstream):
     values = tf.reshape(images, [-1])  # B*H*W*C
     pair = tf.zeros([2], tf.int64)
     terms = []
-    for row, (slope_x, slope_y) in zip(rows, slopes, strict=True):
+    for row, read, (slope_x, slope_y) in zip(rows, valid, slopes, strict=True):
         first = tf.expand_dims(row * channels, -1) + pair  # BxHoxWox2, the tap's first channel
         dot = tf.add_n(
             [
@@ -422,7 +460,7 @@ def _pixel_gradient_unrolled(images, rows, slopes, upstream):
                 for c in range(channels)
             ]
         )  # BxHoxWox2, both entries equal
-        terms.append(dot * _pair(slope_x, slope_y))
+        terms.append(_select(read, dot) * _pair(slope_x, slope_y))
     return tf.add_n(terms)
 
 
@@ -436,16 +474,19 @@ class _StackedTaps:
         rows: int64 `(B, H_out, W_out, T*T)`, each tap's row in the `(B * H * W, C)` image matrix.
         weights: `(B, H_out, W_out, T*T)`, each tap's weight.
         slopes_x, slopes_y: `(B, H_out, W_out, T*T)`, its derivatives w.r.t. the x and y coordinate.
+        valid: bool `(B, H_out, W_out, T*T)`, whether each tap is read.
     """
 
-    def __init__(self, batch, size, taps_y, taps_x):
+    def __init__(self, batch, size, taps_y, taps_x, valid):
         """
         Args:
             batch: int64 `(B, 1, 1)`, the batch indices.
             size: the input's `(H, W)`.
             taps_y, taps_x: `(indices, weights, slopes)` along y and x, lists of T
                 `(B, H_out, W_out)`.
+            valid: bool `(B, H_out, W_out, T*T)`, whether each tap is read, in (y tap, x tap) order.
         """
+        self.valid = valid
         height, width = size
         index_y, weight_y, slope_y = (tf.stack(v, axis=-1)[..., :, None] for v in taps_y)
         index_x, weight_x, slope_x = (tf.stack(v, axis=-1)[..., None, :] for v in taps_x)
@@ -479,6 +520,7 @@ def _pixel_gradient_stacked(flat, upstream, stacked):
         `(B, H_out, W_out, 2)`.
     """
     values = tf.cast(tf.gather(flat, stacked.rows), upstream.dtype)  # BxHoxWox(T*T)xC
+    values = _select(stacked.valid[..., None], values)
     dots = tf.reduce_sum(values * tf.expand_dims(upstream, -2), axis=-1)  # BxHoxWox(T*T)
     d_x = tf.reduce_sum(dots * stacked.slopes_x, axis=-1)
     d_y = tf.reduce_sum(dots * stacked.slopes_y, axis=-1)

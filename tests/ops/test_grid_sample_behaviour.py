@@ -129,12 +129,44 @@ def test_unknown_option_raises_naming_the_value(option, value):
         grid_sample(tf.zeros((1, 4, 4, 1)), tf.zeros((1, 2, 2, 2)), **{option: value})
 
 
+@pytest.mark.parametrize("grids", [3, 1])
+@pytest.mark.parametrize("mode", ["graph", "xla"])
+def test_batch_sizes_differing_only_at_run_time_raise_naming_both(mode, grids):
+    fn = tf.function(
+        grid_sample,
+        input_signature=[tf.TensorSpec([None, 4, 5, 1]), tf.TensorSpec([None, 3, 3, 2])],
+        jit_compile=mode == "xla",
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
+        fn(tf.zeros((2, 4, 5, 1)), tf.zeros((grids, 3, 3, 2)))
+    message = str(error.value)
+    assert f"[2] != values[1].shape = [{grids}]" in message
+    assert "batch_sizes_of_images_and_grid_must_match" in message
+
+
 def test_integer_images_raise():
     with pytest.raises(ValueError, match="images.dtype=int32"):
         grid_sample(tf.zeros((1, 4, 4, 1), tf.int32), tf.zeros((1, 2, 2, 2)))
 
 
 # ---- robustness: non-finite and huge coordinates ----------------------------------------------------
+
+def _rounding_bound(images, interpolation):
+    """How far two float32 evaluations of one sample may differ by rounding alone.
+
+    XLA's code differs by CPU and by batch size (vector width, fused multiply-adds), so the same sample
+    may round differently alone and in a batch: each of the T*T taps' products and sums can differ by an
+    ulp of the largest value (weights sum to <= 1.7 in magnitude), and each pixel coordinate (up to
+    max(H, W)) by a few ulps, which moves the output by the interpolant's slope (<= 2.5 per pixel per
+    unit of value for Keys' cubic) times the value range.
+    """
+    eps = np.finfo(np.float32).eps
+    taps = {"nearest": 1, "bilinear": 4, "bicubic": 16}[interpolation]
+    magnitude = float(np.max(np.abs(images)))
+    values = 2 * taps * 1.7 * eps * magnitude
+    coordinates = 4 * eps * max(images.shape[1:3]) * 2.5 * 2 * magnitude
+    return values + coordinates
+
 
 BAD_THETAS = {
     "nan": [[np.nan, 0, 0], [0, 1, 0]],
@@ -158,9 +190,11 @@ def test_bad_theta_never_raises_nor_touches_other_samples(interpolation, padding
     out = run_op(grid_sample, images, grid, mode=mode, **options).numpy()
     assert out.shape == (7, 4, 5, 2)
     assert np.all(np.isfinite(out))
-    for b in (0, 6):  # the good samples are what they are alone (XLA may vectorise by the ulp)
+    for b in (0, 6):  # the good samples are what they are alone, to rounding
         alone = run_op(grid_sample, images[b : b + 1], grid[b : b + 1], mode=mode, **options)
-        np.testing.assert_allclose(out[b : b + 1], alone, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(
+            out[b : b + 1], alone, rtol=0, atol=_rounding_bound(images, interpolation)
+        )
     np.testing.assert_array_equal(out[1], 0.0, err_msg="a NaN coordinate reads as outside")
     if padding_mode == "zeros":
         np.testing.assert_array_equal(out[1:6], 0.0, err_msg="far-out points read zeros")
