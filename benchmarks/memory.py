@@ -2,7 +2,9 @@
 
 TensorFlow (graph and XLA) allocates through its own caching allocator on CPU (oneDNN's BFC), which
 never hands memory back to the OS, so its peak comes from the allocator's statistics
-(`tf.config.experimental.get_memory_info`). PyTorch allocates CPU tensors with plain `malloc`: its
+(`tf.config.experimental.get_memory_info`). TensorFlow keeps those statistics only in some
+configurations (not with oneDNN off, the default on AMD CPUs); there the rise of the resident set is
+measured instead, and each record names its `method`. PyTorch allocates CPU tensors with plain `malloc`: its
 peak is the rise of the process's peak resident set size during the call, measured in a child process
 (`python -m benchmarks.memory REQUEST_JSON`) started with a fixed glibc mmap threshold, so that every
 large buffer is mapped on allocation and unmapped on release. Linux only (`/proc/self/clear_refs`).
@@ -46,18 +48,26 @@ def peak_rise_mib(fn):
 
 
 def tf_peak_rise_mib(fn):
-    """MiB by which one call of `fn` raises TensorFlow's CPU allocator above its level before it."""
+    """MiB by which one call of `fn` raises TensorFlow's CPU allocator above its level before it.
+
+    Returns:
+        `(mib, method)`: `"allocator"` from TensorFlow's statistics, or `"rss"` (see `peak_rise_mib`)
+        where this build keeps none for the CPU.
+    """
     import tensorflow as tf
 
     _warm(fn)
-    tf.config.experimental.reset_memory_stats("CPU:0")
+    try:
+        tf.config.experimental.reset_memory_stats("CPU:0")
+    except ValueError:  # "Cannot reset memory stats for device 'CPU:0'"
+        return peak_rise_mib(fn), "rss"
     before = tf.config.experimental.get_memory_info("CPU:0")["current"]
     fn()
-    return (tf.config.experimental.get_memory_info("CPU:0")["peak"] - before) / 2**20
+    return (tf.config.experimental.get_memory_info("CPU:0")["peak"] - before) / 2**20, "allocator"
 
 
 def measure(cases, families=("ours", "torch")):
-    """`[{case, contender, task, peak_mib}]` for `MEMORY_CONTENDERS` of `families` on each case."""
+    """`[{case, contender, task, peak_mib, method}]` for `MEMORY_CONTENDERS` of `families` on each case."""
     from benchmarks.contenders import family_modules
 
     modules = family_modules(families).values()
@@ -69,10 +79,18 @@ def measure(cases, families=("ours", "torch")):
             contenders.update(module.build(case, inputs, MEMORY_TASK))
         for name in MEMORY_CONTENDERS:
             if name in contenders:
-                measure_peak = tf_peak_rise_mib if name.startswith("ours-") else peak_rise_mib
-                peak = measure_peak(contenders[name].run)
+                if name.startswith("ours-"):
+                    peak, method = tf_peak_rise_mib(contenders[name].run)
+                else:
+                    peak, method = peak_rise_mib(contenders[name].run), "rss"
                 results.append(
-                    {"case": case.name, "contender": name, "task": MEMORY_TASK, "peak_mib": peak}
+                    {
+                        "case": case.name,
+                        "contender": name,
+                        "task": MEMORY_TASK,
+                        "peak_mib": peak,
+                        "method": method,
+                    }
                 )
     return results
 
