@@ -6,23 +6,14 @@ import tensorflow as tf
 from stn_keras.ops import coordinates
 from stn_keras.ops.sampling import INTERPOLATIONS, grid_sample
 from stn_keras.ops.transforms import get_transform
-from stn_keras.ops.validation import check_bool, check_choice
+from stn_keras.ops.validation import check_bool, check_choice, check_size
 
 
 def check_output_size(output_size):
-    """Validate `output_size` (`None` or two positive ints) and return it as a tuple or `None`."""
+    """Validate `output_size` (`None` or two positive integers) and return it as a tuple or `None`."""
     if output_size is None:
         return None
-    try:
-        height, width = output_size
-    except (TypeError, ValueError):
-        height = width = None
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (height, width)):
-        raise ValueError(
-            "Invalid value for argument `output_size`. Expected `None` or a pair of positive "
-            f"ints (H_out, W_out). Received: output_size={output_size!r}"
-        )
-    return (height, width)
+    return check_size(output_size, "output_size", allow_tensors=False)
 
 
 def make_transform(transform, transform_options):

@@ -6,41 +6,16 @@ The grid convention (last axis `(x, y)`, normalised to [-1, 1], `align_corners`)
 `stn_keras.ops.tps`.
 """
 
-import numpy as np
 import tensorflow as tf
 
 from stn_keras.ops import coordinates, recording
-from stn_keras.ops.validation import check_bool
+from stn_keras.ops.validation import check_bool, check_size
 
 # The projective division x' / w is guarded by keeping |w| >= this, with w's sign (w == 0 counts
 # as positive). A point with |w| below it lies near the homography's horizon: its true position is
 # ~1e6 image widths away or more, which the sampler reads as outside the image anyway (it clamps
 # coordinates at 1e6).
 PROJECTIVE_MIN_W = 1e-6
-
-
-def _check_size(size):
-    """Validate an output `size` of `(H_out, W_out)` and return it as a tuple of two scalars."""
-    if isinstance(size, tf.Tensor):
-        if size.shape.rank != 1 or size.shape[0] not in (2, None):
-            raise ValueError(
-                f"Argument `size` must be (H_out, W_out). Received: size.shape={size.shape}"
-            )
-        return size[0], size[1]
-    try:
-        height, width = size
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"Argument `size` must be (H_out, W_out). Received: size={size!r}"
-        ) from None
-    for value in (height, width):
-        if isinstance(value, tf.Tensor | tf.Variable):
-            continue
-        if not isinstance(value, int | np.integer) or value < 1:
-            raise ValueError(
-                f"Argument `size` must hold positive sizes (H_out, W_out). Received: size={size!r}"
-            )
-    return height, width
 
 
 def check_params(x, name, trailing, layout):
@@ -75,7 +50,7 @@ def check_params(x, name, trailing, layout):
 def output_positions(size, align_corners, dtype):
     """Check `size` and `align_corners`; return the output pixels' `(x, y, 1)`, `(H, W, 3)`."""
     check_bool("align_corners", align_corners)
-    return coordinates.base_grid(_check_size(size), align_corners, dtype)
+    return coordinates.base_grid(check_size(size), align_corners, dtype)
 
 
 def transform_points(points, matrices):
@@ -145,7 +120,7 @@ def map_output_positions(matrices, size, align_corners):
     Raises:
         ValueError: if `size` is not a pair of positive sizes or `align_corners` is not a bool.
     """
-    height, width = _check_size(size)
+    height, width = check_size(size)
     dtype = matrices.dtype
     positions = output_positions((height, width), align_corners, dtype)  # HxWx3
     xs, ys = positions[0, :, 0], positions[:, 0, 1]  # W, H

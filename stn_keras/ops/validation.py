@@ -1,5 +1,6 @@
 """Argument checks shared by the ops and layers, with error messages that name the offending value."""
 
+import numpy as np
 import tensorflow as tf
 
 
@@ -58,3 +59,65 @@ def check_same_batch(a, a_name, b, b_name):
             f"Received: {a_name}.shape={tf.TensorShape(a.shape)}, "
             f"{b_name}.shape={tf.TensorShape(b.shape)}"
         )
+
+
+def _is_size(value):
+    """Whether `value` is a Python or numpy integer (not a bool) of at least 1."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_) and value >= 1
+
+
+def check_size(size, name="size", layout="(H_out, W_out)", allow_tensors=True):
+    """Validate an output size: a pair of positive integers, or (for ops) integer tensors.
+
+    Python and numpy integers are accepted alike and returned as Python ints. With `allow_tensors`, a
+    1-D integer tensor of two entries, or a pair whose entries are scalar tensors, is accepted too:
+    its values are checked now when it is eager, and at run time (where assertions run) when it is
+    symbolic.
+
+    Args:
+        size: the size received.
+        name: the argument's name, for the message. Defaults to `"size"`.
+        layout: the expected layout, for the message. Defaults to `"(H_out, W_out)"`.
+        allow_tensors: whether tensors may stand for the sizes. Defaults to `True`.
+
+    Returns:
+        A tuple `(H_out, W_out)` of Python ints or scalar tensors.
+
+    Raises:
+        ValueError: naming the argument and the value received, for anything but two positive sizes.
+    """
+
+    def invalid():
+        return ValueError(
+            f"Invalid value for argument `{name}`. Expected a pair of positive integers {layout}. "
+            f"Received: {name}={size!r}"
+        )
+
+    if allow_tensors and isinstance(size, tf.Tensor | tf.Variable):
+        if size.shape.rank != 1 or size.shape[0] not in (2, None) or not size.dtype.is_integer:
+            raise invalid()
+        if hasattr(size, "numpy"):  # eager: its values are known now
+            if not all(v >= 1 for v in size.numpy().tolist()):
+                raise invalid()
+        else:
+            check = tf.debugging.assert_positive(size, message=f"Argument `{name}` must be positive")
+            with tf.control_dependencies([check]):
+                size = tf.identity(size)
+        return size[0], size[1]
+    try:
+        height, width = size
+    except (TypeError, ValueError):
+        raise invalid() from None
+    checked = []
+    for value in (height, width):
+        if allow_tensors and isinstance(value, tf.Tensor | tf.Variable):
+            if value.shape.rank != 0 or not value.dtype.is_integer:
+                raise invalid()
+            if hasattr(value, "numpy") and int(value.numpy()) < 1:
+                raise invalid()
+            checked.append(value)
+        elif _is_size(value):
+            checked.append(int(value))
+        else:
+            raise invalid()
+    return tuple(checked)

@@ -267,6 +267,8 @@ def test_keras_file_round_trip_gives_identical_outputs(build, tmp_path):
         ({"localization": "conv"}, "`localization`"),
         ({"output_size": (0, 4)}, "`output_size`"),
         ({"output_size": 8}, "`output_size`"),
+        ({"output_size": (True, 4)}, "`output_size`"),
+        ({"output_size": (4.0, 4)}, "`output_size`"),
         ({"transform": "rigid"}, "`transform`"),
         ({"transform_options": ["control_points", 3]}, "`transform_options`"),
         ({"interpolation": "area"}, "`interpolation`"),
@@ -292,3 +294,10 @@ def test_localization_with_dynamic_feature_size_raises():
     localization = keras.layers.Conv2D(2, 3)
     with pytest.raises(ValueError, match="static size"):
         SpatialTransformer(localization=localization)(keras.Input((None, None, 1)))
+
+
+def test_numpy_integer_output_size_is_accepted_and_serialises_as_ints():
+    layer = SpatialTransformer(output_size=(np.int64(14), 14))
+    assert layer(keras.Input((20, 20, 1))).shape == (None, 14, 14, 1)
+    size = layer.get_config()["output_size"]
+    assert size == (14, 14) and all(type(v) is int for v in size)

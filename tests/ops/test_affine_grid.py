@@ -106,3 +106,22 @@ def test_non_bool_align_corners_raises():
 def test_integer_theta_raises():
     with pytest.raises(ValueError, match="theta.dtype=int32"):
         affine_grid(tf.zeros((1, 2, 3), tf.int32), (4, 4))
+
+
+def test_eager_size_tensor_with_a_zero_raises_naming_it():
+    with pytest.raises(ValueError, match=r"Invalid value for argument `size`.*numpy=array\(\[0, 5\]"):
+        affine_grid(tf.zeros((1, 2, 3)), tf.constant([0, 5]))
+
+
+def test_symbolic_size_tensor_with_a_zero_fails_at_run_time_naming_the_argument():
+    fn = tf.function(
+        lambda size: affine_grid(tf.zeros((1, 2, 3)), size),
+        input_signature=[tf.TensorSpec([2], tf.int32)],
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Argument `size` must be positive"):
+        fn(tf.constant([0, 4]))
+
+
+@pytest.mark.parametrize("size", [(np.int64(3), 4), (np.int32(3), np.uint8(4)), [3, 4]], ids=str)
+def test_numpy_integer_sizes_are_accepted(size):
+    assert affine_grid(tf.zeros((1, 2, 3)), size).shape == (1, 3, 4, 2)
