@@ -2,17 +2,25 @@
 
 Keras 3's `model.export(format="litert")` enables TF "Flex" ops by default, which would hide an op
 with no builtin kernel until the file reaches a device without the Flex delegate; here the converter
-is restricted to `tf.lite.OpsSet.TFLITE_BUILTINS`, so such a model fails to convert instead. Our
+is restricted to `tf.lite.OpsSet.TFLITE_BUILTINS`, so such a model fails to convert instead, with the
+converter's whole message. Our
 sampler converts to builtins (GATHER / GATHER_ND) and never produces a negative gather index, on
 which TFLite would abort.
 """
 
+import os
+import re
+import tempfile
 import warnings
 
 import tensorflow as tf
 
-from stn_keras.export import files, validation
-from stn_keras.export.savedmodel import SERVING_SIGNATURE, signature_runner
+from stn_keras.export import artifacts, validation
+from stn_keras.export.savedmodel import (
+    SERVING_SIGNATURE,
+    signature_output_names,
+    signature_runner,
+)
 
 
 def interpreter(path):
@@ -31,13 +39,46 @@ def interpreter(path):
             return tf.lite.Interpreter(model_path=path), f"tf.lite {tf.__version__}"
 
 
-def litert_runner(path, specs):
+def litert_runner(path, specs, output_names):
     """`(inputs: list of arrays) -> outputs in the model's order` running `path` in LiteRT.
 
     The signature runner resizes the inputs to each call's batch size before running.
+
+    Returns:
+        `(run, runtime name)`.
     """
     runtime, name = interpreter(path)
-    return signature_runner(runtime.get_signature_runner(SERVING_SIGNATURE), specs), name
+    runner = runtime.get_signature_runner(SERVING_SIGNATURE)
+    return signature_runner(runner, specs, output_names), name
+
+
+def _convert(model, staging):
+    """Write the builtin-ops-only flatbuffer of `model` to `staging`.
+
+    Through Keras's own SavedModel export and `tf.lite.TFLiteConverter.from_saved_model`, which every
+    supported Keras has (`model.export(format="litert")` appeared only in Keras 3.10), so the
+    flatbuffer's `serving_default` signature names its inputs and outputs as the SavedModel does.
+    """
+    with tempfile.TemporaryDirectory(prefix="stn_keras_litert_") as scratch:
+        savedmodel = os.path.join(scratch, "savedmodel")
+        model.export(savedmodel, format="tf_saved_model", verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(
+            savedmodel, signature_keys=[SERVING_SIGNATURE]
+        )
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        try:
+            flatbuffer = converter.convert()
+        except Exception as e:  # the converter raises ConverterError, a subclass of Exception only.
+            message = " ".join(str(e).split())
+            missing = sorted(
+                set(re.findall(r"'(tf\.\w+)' op is neither a custom op nor a flex op", message))
+            )
+            summary = f" (no builtin kernel for {', '.join(missing)})" if missing else ""
+            raise ValueError(
+                f"LiteRT conversion with builtin ops only failed{summary}: {message}"
+            ) from None
+    with open(staging, "wb") as f:
+        f.write(flatbuffer)
 
 
 def export_litert(
@@ -52,9 +93,10 @@ def export_litert(
     """Export `model` to a LiteRT flatbuffer (builtin ops only), validated in the LiteRT interpreter.
 
     Args:
-        model: a Keras model with known inputs (see `validation.input_specs`).
+        model: a Keras model with known inputs (see `validation.input_specs`) and static spatial
+            sizes.
         path: the `.tflite` file to write.
-        force: whether to replace an existing `path`. Defaults to `False`.
+        force: whether to replace an existing file at `path`. Defaults to `False`.
         validate: whether to run the file and compare it with the model before moving it into place.
             Defaults to `True`.
         batch_sizes: batch sizes to validate at (the input is resized to each). Defaults to `(1, 5)`.
@@ -65,35 +107,24 @@ def export_litert(
 
     Raises:
         FileExistsError: if `path` exists and `force` is false.
-        ValueError: if `path` does not end in `.tflite`, or the model needs an op that is not a
-            LiteRT builtin.
+        PermissionError: if the directory that should hold `path` is not writable.
+        ValueError: if `path` does not end in `.tflite` or is refused by `files.check_target`, an
+            input has a dynamic size other than the batch, or the model needs an op that is not a
+            LiteRT builtin (with the converter's whole message).
         ValidationError: if the interpreter's results do not match the model; nothing is written then.
     """
     if not str(path).endswith(".tflite"):
         raise ValueError(f"Argument `path` must end with '.tflite'. Received: path={str(path)!r}")
-    specs = validation.input_specs(model)
-    report = None
-    with files.staged_output(path, force=force) as staging:
-        try:
-            model.export(
-                staging,
-                format="litert",
-                verbose=False,
-                target_spec={"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]},
-            )
-        except Exception as e:  # the converter raises ConverterError, a subclass of Exception only.
-            message = " ".join(str(e).split())[:300]
-            raise ValueError(f"LiteRT conversion with builtin ops only failed: {message}") from None
-        if validate:
-            run, runtime = litert_runner(staging, specs)
-            report = validation.check_parity(
-                model,
-                run,
-                format="litert",
-                path=path,
-                runtime=runtime,
-                batch_sizes=batch_sizes,
-                atol=atol,
-            )
-            validation.raise_unless_passed(report)
-    return report
+    specs = validation.input_specs(model, dynamic_sizes=False, format="LiteRT")
+    names = signature_output_names(model)
+    return artifacts.export_validated(
+        model,
+        path,
+        format="litert",
+        write=lambda staging: _convert(model, staging),
+        runner=lambda staging: litert_runner(staging, specs, names),
+        force=force,
+        validate=validate,
+        batch_sizes=batch_sizes,
+        atol=atol,
+    )

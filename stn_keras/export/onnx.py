@@ -2,8 +2,9 @@
 
 Keras 3's `model.export(format="onnx")` runs `tf2onnx.convert.from_function` on the model's call; this
 module takes the same route one step lower (freeze the traced call, then
-`tf2onnx.convert.from_graph_def`), because the native-GridSample rewrite needs the sampler's boundary
-tensors kept as graph outputs through the conversion (see `stn_keras.export.onnx_gridsample`).
+`tf2onnx.convert.from_graph_def`), because the native-GridSample rewrite reads the frozen graph's
+records of each sampler and runs as a tf2onnx rewriter inside the conversion, with each affine
+sampler's theta kept as a graph output through it (see `stn_keras.export.onnx_gridsample`).
 
 Opsets: tf2onnx 1.17 converts to opset 18 at most, which is the default here (`DEFAULT_OPSET`). A
 higher opset is reached with `onnx.version_converter`. The native path needs GridSample (opset 16+)
@@ -23,7 +24,7 @@ import onnxruntime as ort
 import tensorflow as tf
 from onnx import version_converter
 
-from stn_keras.export import files, onnx_gridsample, validation
+from stn_keras.export import artifacts, files, onnx_gridsample, validation
 
 TF2ONNX_MAX_OPSET = 18  # the newest opset tf2onnx 1.17 emits
 DEFAULT_OPSET = 18
@@ -71,11 +72,12 @@ def convert(model, opset=DEFAULT_OPSET, native_gridsample=False):
     Returns:
         `(model_proto, rewrites)`: the ONNX model, inputs named after the Keras inputs and outputs
         `output_0`, `output_1`, ... in the model's flattened output order, its batch axis dynamic;
-        `rewrites` lists `(scope, mode, used_affine_grid)` for each native sampler.
+        `rewrites` lists `(scope, mode, used_affine_grid)` for each native sampler (a sampler that
+        GridSample cannot run stays on the gather path, with a warning).
 
     Raises:
         ValueError: for an invalid `opset`, a model with unknown inputs, or, with `native_gridsample`,
-            a model without a sampler or with one that cannot be replaced.
+            a model without a sampler.
     """
     import tf2onnx
 
@@ -95,49 +97,40 @@ def convert(model, opset=DEFAULT_OPSET, native_gridsample=False):
     rename = {t: name for t, (name, _, _) in zip(input_names, specs, strict=True)}
     rename.update({t: f"output_{i}" for i, t in enumerate(output_names)})
 
-    samplers = []
+    samplers, replaced = [], []
     if native_gridsample:
         samplers = onnx_gridsample.find_samplers(frozen.graph)
         if not samplers:
             raise ValueError(
                 f"Model {model.name!r} has no `stn_keras.grid_sample` to replace by GridSample."
             )
-    boundary = sorted(
-        {t for s in samplers for t in s.tensors()} - set(input_names) - set(output_names)
-    )
+    # Each affine sampler's theta stays a graph output through the conversion, so its name survives.
+    thetas = sorted({s.theta for s in samplers if s.theta} - set(input_names) - set(output_names))
+    for s in samplers:  # tf2onnx renames the tensors before its rewriters run
+        for field in ("images", "grid", "output", "theta"):
+            setattr(s, field, rename.get(getattr(s, field), getattr(s, field)))
     with tf.device("/cpu:0"):
         proto, _ = tf2onnx.convert.from_graph_def(
             frozen.graph.as_graph_def(),
             input_names=input_names,
-            output_names=output_names + boundary,
+            output_names=output_names + thetas,
             opset=min(opset, TF2ONNX_MAX_OPSET),
+            custom_rewriter=[onnx_gridsample.native_rewriter(samplers, replaced)]
+            if samplers
+            else None,
             tensors_to_rename=rename,
         )
     if opset > TF2ONNX_MAX_OPSET:
         proto = version_converter.convert_version(proto, opset)
     rewrites = []
     if samplers:
-        for s in samplers:
-            for field in ("images", "grid", "output", "theta"):
-                name = getattr(s, field)
-                setattr(s, field, rename.get(name, name))
-        values = _boundary_values(proto, specs, [t for s in samplers for t in s.tensors()])
-        rewrites = onnx_gridsample.replace_samplers(proto, samplers, values, opset)
+        rewrites = onnx_gridsample.use_affine_grids(proto, replaced, opset)
         outputs = [o for o in proto.graph.output if o.name in rename.values()]
         del proto.graph.output[:]
         proto.graph.output.extend(outputs)
         onnx_gridsample.prune(proto)
     onnx.checker.check_model(proto)
     return proto, rewrites
-
-
-def _boundary_values(proto, specs, names):
-    """Values of the graph outputs `names` on a sample input at batch size 2."""
-    session = session_of(proto)
-    inputs = [i.name for i in session.get_inputs()]
-    feeds = dict(zip(inputs, validation.sample_inputs(specs, 2), strict=True))
-    outputs = sorted(set(names) - set(feeds))
-    return {**feeds, **dict(zip(outputs, session.run(outputs, feeds), strict=True))}
 
 
 session_of = onnx_gridsample.session_of
@@ -186,30 +179,29 @@ def export_onnx(
 
     Raises:
         FileExistsError: if `path` exists and `force` is false.
-        ValueError: for an invalid `opset` or a model that cannot be converted (see `convert`).
+        PermissionError: if the directory that should hold `path` is not writable (checked before
+            converting).
+        ValueError: for an invalid `opset`, a `path` that `files.check_target` refuses, or a model
+            that cannot be converted (see `convert`).
         ValidationError: if onnxruntime's results do not match the model; nothing is written then.
     """
     if opset is None:
         opset = NATIVE_OPSET if native_gridsample else DEFAULT_OPSET
     check_opset(opset, native_gridsample)
-    files.check_target(path, force)
+    files.check_target(path, force)  # before converting: a refused path costs nothing
     proto, rewrites = convert(model, opset=opset, native_gridsample=native_gridsample)
     runtime = f"onnxruntime {ort.__version__}, opset {opset}"
     if rewrites:
         affine = sum(used_affine_grid for _, _, used_affine_grid in rewrites)
         runtime += f", {len(rewrites)} GridSample ({affine} with AffineGrid)"
-    report = None
-    with files.staged_output(path, force=force) as staging:
-        onnx.save(proto, staging)
-        if validate:
-            report = validation.check_parity(
-                model,
-                onnx_runner(session_of(staging)),
-                format="onnx-native" if native_gridsample else "onnx",
-                path=path,
-                runtime=runtime,
-                batch_sizes=batch_sizes,
-                atol=atol,
-            )
-            validation.raise_unless_passed(report)
-    return report
+    return artifacts.export_validated(
+        model,
+        path,
+        format="onnx-native" if native_gridsample else "onnx",
+        write=lambda staging: onnx.save(proto, staging),
+        runner=lambda staging: (onnx_runner(session_of(staging)), runtime),
+        force=force,
+        validate=validate,
+        batch_sizes=batch_sizes,
+        atol=atol,
+    )

@@ -1,38 +1,35 @@
 """Replace the gather decomposition of each `grid_sample` in an ONNX graph by ONNX's native ops.
 
 tf2onnx converts our sampler into Gather/Floor/Cast/Min/Max arithmetic that runs everywhere; runtimes
-with ONNX's `GridSample` (opset 16+) run the native op several times faster. The rewrite works on the
-sampler's *boundary*, never on the op sequence inside it:
+with ONNX's `GridSample` (opset 16+) run the native op several times faster. The rewrite reads what the
+ops recorded in the traced TensorFlow graph (`stn_keras.ops.recording`) and never looks inside a
+sampler:
 
-1. In the traced TensorFlow graph, every op that `stn_keras.grid_sample` creates lives in its
-   `grid_sample` name scope. The scope's external inputs are the images `(B, H, W, C)` and the grid
-   `(B, H_out, W_out, 2)`; the one tensor it hands out is the sampled output. The images are the input
-   that reaches the `params` of a gather (a gather sampler reads pixels out of them).
-   These tensors are converted as extra graph outputs, so tf2onnx keeps their names.
-2. The mode (interpolation, padding, align_corners) is not in the graph, so it is measured: the
-   sampler's ONNX subgraph, cut out between those tensors, is run on random images and a random grid
-   reaching outside the image, and compared with `GridSample` in each of the 18 modes; exactly one
-   must match.
-3. When the grid is computed from a `(B, 2, 3)` tensor `theta` and the opset has `AffineGrid`, the
-   grid is replaced by `AffineGrid(theta)`, after checking numerically that it reproduces the grid
-   and with which `align_corners`.
-4. The subgraph's output is rewired to `Transpose(NHWC->NCHW) -> GridSample -> Transpose(NCHW->NHWC)`
-   and everything no longer needed is dropped.
+1. Each `grid_sample` call ran in a name scope that spells its mode and marked its `images`, `grid` and
+   `output`; each `affine_grid` marked its `theta` and `grid`. `find_samplers` reads them. Each sampler's
+   output is rewired to `Transpose(NHWC->NCHW) -> GridSample -> Transpose(NCHW->NHWC)`; the
+   sampler is replaced inside tf2onnx's conversion, before its optimisers run (`native_rewriter`).
+2. When a sampler's grid is an `affine_grid`'s output, the opset has `AffineGrid` and the output size is
+   static, the grid becomes `AffineGrid(theta)`. Not with `align_corners=True` and a 1-pixel output
+   axis: onnxruntime puts a lone pixel at -1 there, PyTorch at 0, so that grid stays explicit. `theta`
+   is kept as an extra graph output through the conversion so that its name survives
+   (`use_affine_grids`).
+3. Everything no longer needed (the gather decomposition, the explicit affine grid) is dropped.
 
-The caller validates the rewritten model end to end against Keras.
+A sampler that GridSample cannot run (onnxruntime's CPU kernel takes float32 and float64 only) stays on
+the gather path, with a warning that names it. The caller validates the result end to end against
+Keras.
 """
 
 import dataclasses
-import itertools
-import re
+import warnings
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from stn_keras.ops.coordinates import PADDING_MODES
-from stn_keras.ops.sampling import INTERPOLATIONS
+from stn_keras.ops import recording
 
 # Our interpolation names -> ONNX GridSample modes, by opset (opset 20 renamed them).
 _ONNX_MODES = {
@@ -41,126 +38,103 @@ _ONNX_MODES = {
 }
 GRID_SAMPLE_OPSET = 16  # first opset with GridSample
 AFFINE_GRID_OPSET = 20  # first opset with AffineGrid
-
-_SCOPE = re.compile(r"(?:^|/)grid_sample(?:_\d+)?/")
-_GATHER_OPS = {"GatherV2", "GatherNd", "ResourceGather", "Gather"}
-_ORT_DTYPES = {TensorProto.FLOAT, TensorProto.DOUBLE}  # onnxruntime's CPU GridSample
+# onnxruntime's CPU GridSample runs these, with the grid in the images' dtype.
+_ORT_DTYPES = {"float32": TensorProto.FLOAT, "float64": TensorProto.DOUBLE}
 
 
 @dataclasses.dataclass
 class SamplerBoundary:
-    """The tensors around one `grid_sample` call in a TensorFlow graph (tensor names, e.g. `x:0`)."""
+    """One `grid_sample` call in a TensorFlow graph, as its ops recorded it (tensor names, `x:0`).
+
+    Attributes:
+        scope: the sampler's name scope, e.g. `model/warp/grid_sample.bilinear.zeros.corners0/`.
+        images, grid, output: its marked boundary tensors, each as the tensor behind its marker
+            (tf2onnx drops `Identity` ops before any rewriter sees the graph).
+        mode: `(interpolation, padding_mode, align_corners)`.
+        dtypes: the dtype names of `images`, `grid` and `theta` (`None` without one), e.g. `"float32"`.
+        size: the static `(H_out, W_out)`, or `None` when either is dynamic.
+        theta: the marked `theta` of the `affine_grid` that made `grid`, or `None`.
+        affine_align_corners: that `affine_grid`'s `align_corners`, or `None`.
+    """
 
     scope: str
     images: str
     grid: str
     output: str
+    mode: tuple
+    dtypes: tuple = ()
+    size: tuple | None = None
     theta: str | None = None
+    affine_align_corners: bool | None = None
 
     def tensors(self):
         """The boundary tensors to keep as graph outputs through the conversion."""
         return [t for t in (self.images, self.grid, self.output, self.theta) if t is not None]
 
 
-def _depends_on_inputs(graph):
-    """Names of the ops of a `tf.Graph` whose value depends on a placeholder (not constant-only)."""
-    live = set()
-    for op in graph.get_operations():  # topological order
-        if op.type == "Placeholder" or any(t.op.name in live for t in op.inputs):
-            live.add(op.name)
-    return live
+def _source(tensor):
+    """The tensor behind `tensor`'s chain of identities: what tf2onnx keeps (it drops `Identity` and
+    `IdentityN`, which `tf.custom_gradient` wraps around a function's outputs)."""
+    while tensor.op.type in ("Identity", "IdentityN"):
+        tensor = tensor.op.inputs[tensor.value_index if tensor.op.type == "IdentityN" else 0]
+    return tensor
 
 
-def _reaches_gather_params(tensor, scope_ops):
-    """Whether `tensor` flows, inside the scope, into the `params` input of a gather."""
-    frontier, seen = [tensor], set()
-    while frontier:
-        t = frontier.pop()
-        for consumer in t.consumers():
-            if consumer.name not in scope_ops:
-                continue
-            if consumer.type in _GATHER_OPS and consumer.inputs[0] is t:
-                return True
-            for out in consumer.outputs:
-                if out.name not in seen:
-                    seen.add(out.name)
-                    frontier.append(out)
-    return False
-
-
-def _affine_theta(grid, live, max_depth=16):
-    """The nearest `(B, 2, 3)` tensor the grid is computed from, a candidate affine `theta`.
-
-    Only a candidate: `replace_samplers` uses it only after checking numerically that
-    `AffineGrid(theta)` reproduces the grid.
-    """
-    frontier, seen = [t for t in grid.op.inputs], set()
-    for _ in range(max_depth):
-        found = [
-            t
-            for t in frontier
-            if t.op.name in live and t.shape.rank == 3 and tuple(t.shape[1:]) == (2, 3)
-        ]
-        if found:
-            return found[0].name
-        seen.update(t.name for t in frontier)
-        frontier = [
-            u for t in frontier if t.op.name in live for u in t.op.inputs if u.name not in seen
-        ]
-    return None
+def _affine_source(grid):
+    """`(theta tensor name, align_corners)` when `grid` is an `affine_grid`'s marked output, else `None`."""
+    source = grid.op.inputs[0] if grid.op.type == "Identity" else None
+    if source is None or source.op.type != "Identity":
+        return None
+    record = recording.parse_scope(source.op.name)
+    if record is None or record["kind"] != recording.AFFINE_GRID:
+        return None
+    if source.op.name != record["prefix"] + "grid":
+        return None
+    return record["prefix"] + "theta:0", record["align_corners"]
 
 
 def find_samplers(graph):
-    """The boundary of every `grid_sample` call in a (frozen) `tf.Graph`.
+    """Every `grid_sample` call in a (frozen) `tf.Graph`, read from what the op recorded.
 
     Args:
         graph: the `tf.Graph` of a concrete function, variables frozen to constants.
 
     Returns:
         A list of `SamplerBoundary`, in graph order.
-
-    Raises:
-        ValueError: if a `grid_sample` scope does not have exactly two varying inputs (images and grid)
-            and one output.
     """
-    scopes = {}
-    for op in graph.get_operations():
-        match = _SCOPE.search(op.name)
-        if match:
-            scopes.setdefault(op.name[: match.end()], set()).add(op.name)
-    live = _depends_on_inputs(graph)
     samplers = []
-    for scope, names in scopes.items():
-        ops = [graph.get_operation_by_name(n) for n in names]
-        inputs = {t.name: t for op in ops for t in op.inputs if t.op.name not in names}
-        inputs = {k: t for k, t in inputs.items() if t.op.name in live}
-        outputs = {
-            t.name: t
-            for op in ops
-            for t in op.outputs
-            if any(c.name not in names for c in t.consumers())
-        }
-        if len(inputs) != 2 or len(outputs) != 1:
-            raise ValueError(
-                f"Cannot find the sampler in scope {scope!r}: expected 2 varying inputs (images, grid) "
-                f"and 1 output. Received: inputs={sorted(inputs)}, outputs={sorted(outputs)}"
+    for op in graph.get_operations():
+        record = recording.parse_scope(op.name)
+        if (
+            op.type != "Identity"
+            or record is None
+            or record["kind"] != recording.SAMPLER
+            or op.name != record["prefix"] + "output"
+        ):
+            continue
+        prefix = record["prefix"]
+        grid = graph.get_tensor_by_name(prefix + "grid:0")
+        size = tuple(grid.shape[1:3]) if grid.shape[1:3].is_fully_defined() else None
+        affine = _affine_source(grid)
+        theta, affine_corners = affine if affine is not None else (None, None)
+        theta_dtype = None
+        if theta is not None:
+            theta = _source(graph.get_tensor_by_name(theta))
+            theta, theta_dtype = theta.name, theta.dtype.name
+        images = graph.get_tensor_by_name(prefix + "images:0")
+        samplers.append(
+            SamplerBoundary(
+                scope=prefix,
+                images=_source(images).name,
+                grid=_source(grid).name,
+                output=_source(op.outputs[0]).name,
+                mode=(record["interpolation"], record["padding_mode"], record["align_corners"]),
+                dtypes=(images.dtype.name, grid.dtype.name, theta_dtype),
+                size=size,
+                theta=theta,
+                affine_align_corners=affine_corners,
             )
-        (output,) = outputs.values()
-        gathered = [t for t in inputs.values() if _reaches_gather_params(t, names)]
-        if len(gathered) != 1:
-            raise ValueError(
-                f"Cannot tell the images from the grid in scope {scope!r}: "
-                f"{len(gathered)} of its inputs are gathered from."
-            )
-        (images,) = gathered
-        (grid,) = (t for t in inputs.values() if t is not images)
-        if images.shape.rank != 4 or grid.shape.rank != 4 or grid.shape[-1] != 2:
-            raise ValueError(
-                f"The sampler in scope {scope!r} does not take images (B, H, W, C) and a grid "
-                f"(B, H_out, W_out, 2). Received: images.shape={images.shape}, grid.shape={grid.shape}"
-            )
-        theta = _affine_theta(grid, live)
-        samplers.append(SamplerBoundary(scope, images.name, grid.name, output.name, theta))
+        )
     return samplers
 
 
@@ -172,91 +146,6 @@ def session_of(model_or_path):
     if isinstance(model_or_path, onnx.ModelProto):
         source = model_or_path.SerializeToString()
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-
-
-def _grid_sample_modes_model(dtype, opset):
-    """An ONNX model sampling NHWC images with GridSample in all 18 modes: `images, grid -> 18 outputs`."""
-    nodes = [helper.make_node("Transpose", ["images"], ["x"], perm=[0, 3, 1, 2])]
-    outputs = []
-    for i, (mode, padding, corners) in enumerate(_all_modes()):
-        nodes.append(
-            helper.make_node(
-                "GridSample",
-                ["x", "grid"],
-                [f"y{i}"],
-                mode=_ONNX_MODES[opset][mode],
-                padding_mode=padding,
-                align_corners=int(corners),
-            )
-        )
-        nodes.append(helper.make_node("Transpose", [f"y{i}"], [f"out{i}"], perm=[0, 2, 3, 1]))
-        outputs.append(helper.make_tensor_value_info(f"out{i}", dtype, None))
-    graph = helper.make_graph(
-        nodes,
-        "grid_sample_modes",
-        [helper.make_tensor_value_info(n, dtype, None) for n in ("images", "grid")],
-        outputs,
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-
-
-def _all_modes():
-    return list(itertools.product(INTERPOLATIONS, PADDING_MODES, (False, True)))
-
-
-def _identify_mode(model, boundary, images, grid_shape, dtype, opset):
-    """Measure which GridSample mode the sampler's subgraph computes (see the module docstring)."""
-    sub = onnx.utils.Extractor(model).extract_model(
-        [boundary.images, boundary.grid], [boundary.output]
-    )
-    rng = np.random.default_rng(0)
-    np_dtype = helper.tensor_dtype_to_np_dtype(dtype)
-    images = rng.standard_normal(images.shape).astype(np_dtype)
-    # Points up to 1.6 out reach every padding rule; no point sits on a pixel centre or a tie.
-    grid = rng.uniform(-1.6, 1.6, grid_shape).astype(np_dtype)
-    feeds = {boundary.images: images, boundary.grid: grid}
-    (expected,) = session_of(sub).run([boundary.output], feeds)
-    candidates = session_of(_grid_sample_modes_model(dtype, opset)).run(
-        None, {"images": images, "grid": grid}
-    )
-    tolerance = 1e-4 * max(1.0, float(np.abs(expected).max(initial=0.0)))
-    matches = [
-        mode
-        for mode, got in zip(_all_modes(), candidates, strict=True)
-        if got.shape == expected.shape and np.abs(got - expected).max(initial=0.0) <= tolerance
-    ]
-    if len(matches) != 1:
-        raise ValueError(
-            f"The sampler in scope {boundary.scope!r} matches {len(matches)} GridSample modes "
-            f"({matches}); cannot replace it by GridSample."
-        )
-    return matches[0]
-
-
-def _affine_align_corners(theta, grid):
-    """The `align_corners` with which `affine_grid(theta)` equals `grid`, or `None` if neither does."""
-    _, height, width, _ = grid.shape
-    for align_corners in (False, True):
-
-        def axis(n, align_corners=align_corners):
-            if align_corners:
-                return np.linspace(-1.0, 1.0, n) if n > 1 else np.zeros(1)
-            return (2.0 * np.arange(n) + 1.0) / n - 1.0
-
-        y, x = np.meshgrid(axis(height), axis(width), indexing="ij")
-        base = np.stack([x, y, np.ones_like(x)], axis=-1)  # HxWx3
-        expected = np.einsum("hwk,bjk->bhwj", base, theta.astype(np.float64))  # BxHxWx2
-        tolerance = 1e-5 * max(1.0, float(np.abs(expected).max(initial=0.0)))
-        if np.abs(expected - grid).max(initial=0.0) <= tolerance:
-            return align_corners
-    return None
-
-
-def _producer_index(graph, tensor):
-    for i, node in enumerate(graph.node):
-        if tensor in node.output:
-            return i
-    raise ValueError(f"No node produces tensor {tensor!r}.")
 
 
 def _graph_inputs_of(node):
@@ -285,214 +174,140 @@ def prune(model):
     graph.initializer.extend(initializers)
 
 
-def _value_numbers(graph):
-    """Number every tensor of `graph` so that equal numbers mean provably equal values.
-
-    Two tensors get the same number when they are produced by nodes of the same type and attributes
-    from equally numbered inputs (or are equal initializers); an Identity passes its input's number
-    through. tf2onnx merges duplicated nodes, so the consumers inside one sampler may read a
-    duplicate of the boundary tensor kept as a graph output; this finds those duplicates.
-    """
-    ids, numbers = {}, {}
-
-    def intern(key):
-        return ids.setdefault(key, len(ids))
-
-    for init in graph.initializer:
-        data = numpy_helper.to_array(init)
-        numbers[init.name] = intern(("init", data.dtype.str, data.shape, data.tobytes()))
-    for value in graph.input:
-        numbers.setdefault(value.name, intern(("input", value.name)))
-    for node in graph.node:
-        if node.op_type == "Identity" and node.domain in ("", "ai.onnx"):
-            numbers[node.output[0]] = numbers.get(node.input[0], intern(("outer", node.input[0])))
-            continue
-        if any(
-            a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-            for a in node.attribute
-        ):
-            key = ("unique", node.name, tuple(node.output))
-        else:
-            key = (
-                node.domain,
-                node.op_type,
-                tuple(sorted(a.SerializeToString() for a in node.attribute)),
-                tuple(numbers.get(i, intern(("outer", i))) for i in node.input),
-            )
-        node_id = intern(key)
-        for k, out in enumerate(node.output):
-            numbers[out] = intern((node_id, k))
-    return numbers
-
-
-def canonicalize(model, tensors):
-    """Make every consumer of a value equal to one of `tensors` read that tensor by name (in place).
-
-    Args:
-        model: an `onnx.ModelProto`.
-        tensors: names of tensors (e.g. the samplers' boundary tensors).
-
-    Returns:
-        `{name: canonical name}` for each of `tensors`: the first of `tensors` with an equal value.
-    """
-    graph = model.graph
-    numbers = _value_numbers(graph)
-    producer = {out: node for node in graph.node for out in node.output}
-    canonical = {}
-    for name in tensors:
-        root = name  # the source of an Identity chain, so no rewiring can close a cycle
-        while root in producer and producer[root].op_type == "Identity":
-            root = producer[root].input[0]
-        canonical.setdefault(numbers[name], root)
-    for node in graph.node:
-        for i, name in enumerate(node.input):
-            target = canonical.get(numbers.get(name))
-            if target is not None and target != name and target not in node.output:
-                node.input[i] = target
-    # A graph output equal to one of `tensors` (a duplicate tf2onnx could not merge) becomes a copy.
-    for output in graph.output:
-        target = canonical.get(numbers.get(output.name))
-        if target is not None and target != output.name:
-            index = _producer_index(graph, output.name)
-            if len(graph.node[index].output) == 1:
-                graph.node[index].CopyFrom(helper.make_node("Identity", [target], [output.name]))
-    topological_sort(model)
-    return {name: canonical[numbers[name]] for name in tensors}
-
-
-def topological_sort(model):
-    """Reorder the nodes of `model` so each comes after the producers of its inputs (in place)."""
-    graph = model.graph
-    producer = {out: i for i, node in enumerate(graph.node) for out in node.output if out}
-    order, state = [], [0] * len(graph.node)  # 0 new, 1 open, 2 done
-    for root in range(len(graph.node)):
-        stack = [root]
-        while stack:
-            i = stack[-1]
-            if state[i] == 2:
-                stack.pop()
-                continue
-            if state[i] == 0:
-                state[i] = 1
-                deps = [producer[n] for n in _graph_inputs_of(graph.node[i]) if n in producer]
-                stack.extend(d for d in deps if state[d] == 0)
-                continue
-            state[i] = 2
-            order.append(graph.node[i])
-            stack.pop()
-    nodes = list(order)
-    del graph.node[:]
-    graph.node.extend(nodes)
-
-
 def _const(graph, name, values):
     graph.initializer.append(numpy_helper.from_array(np.asarray(values, dtype=np.int64), name))
     return name
 
 
-def replace_samplers(model, samplers, values, opset, use_affine_grid=True):
-    """Rewrite every sampler of `model` to native GridSample (and AffineGrid) nodes, in place.
+def _can_use_affine_grid(boundary):
+    """Whether `boundary`'s grid can become ONNX's `AffineGrid` of its theta (module docstring, 2.)."""
+    if boundary.theta is None or boundary.size is None:
+        return False
+    images_dtype, _, theta_dtype = boundary.dtypes
+    if theta_dtype != images_dtype:
+        return False
+    return not (boundary.affine_align_corners and 1 in boundary.size)
+
+
+def _native_name(boundary, what):
+    return boundary.scope.rstrip("/") + "/native/" + what
+
+
+def native_rewriter(samplers, rewrites):
+    """A tf2onnx rewriter that replaces each sampler by `Transpose -> GridSample -> Transpose`.
+
+    It runs on tf2onnx's graph before tf2onnx maps and optimises it, so every consumer of a sampler's
+    marked output is rewired to GridSample before tf2onnx can merge or rename anything; the gather
+    decomposition is then dead and dropped. GridSample is emitted at opset 16 (tf2onnx's own opset is
+    at most 18); `onnx.version_converter` renames its modes for opset 20.
 
     Args:
-        model: the converted `onnx.ModelProto`, with every boundary tensor still a graph output, already
-            at `opset` (>= 16).
-        samplers: the `SamplerBoundary`s, with ONNX tensor names.
-        values: `{tensor name: numpy array}` of the boundary tensors on a sample input.
-        opset: the model's opset.
-        use_affine_grid: whether to emit AffineGrid for affine grids (needs opset 20). Defaults to
-            `True`.
+        samplers: the `SamplerBoundary`s, with TensorFlow tensor names.
+        rewrites: a list the rewriter appends to: one `(boundary, used_affine_grid_candidate)` per
+            sampler replaced (see `use_affine_grids`).
 
     Returns:
-        A list of `(scope, (interpolation, padding_mode, align_corners), used_affine_grid)`.
-
-    Raises:
-        ValueError: if a sampler runs in a dtype GridSample does not support, or its mode cannot be
-            identified.
+        A function `(graph, ops) -> ops` for `tf2onnx.convert`'s `custom_rewriter`.
     """
-    modes_opset = 20 if opset >= 20 else 16
-    renamed = canonicalize(model, [t for s in samplers for t in s.tensors()])
-    unique = {}
-    for boundary in samplers:
-        for field in ("images", "grid", "output", "theta"):
-            name = getattr(boundary, field)
-            if name is not None:
-                values.setdefault(renamed[name], values[name])
-                setattr(boundary, field, renamed[name])
-        # Two samplers computing the same value (same images, grid and mode) are replaced once.
-        unique.setdefault(boundary.output, boundary)
-    samplers = list(unique.values())
-    graph = model.graph
-    dtypes = {v.name: v.type.tensor_type.elem_type for v in [*graph.input, *graph.output]}
-    rewrites = []
-    for boundary in samplers:
-        dtype = dtypes[boundary.images]
-        if dtype not in _ORT_DTYPES or dtypes[boundary.grid] != dtype:
-            raise ValueError(
-                f"The sampler in scope {boundary.scope!r} samples "
-                f"{TensorProto.DataType.Name(dtype)} images with a "
-                f"{TensorProto.DataType.Name(dtypes[boundary.grid])} grid; the native GridSample path "
-                "needs float32 or float64 for both. Export with the gather path instead."
+
+    def rewrite(graph, ops):
+        for boundary in samplers:
+            if graph.get_node_by_output(boundary.output) is None:
+                continue
+            images_dtype, grid_dtype, _ = boundary.dtypes
+            if images_dtype not in _ORT_DTYPES or grid_dtype != images_dtype:
+                warnings.warn(
+                    f"The sampler in scope {boundary.scope!r} samples {images_dtype} images with a "
+                    f"{grid_dtype} grid; onnxruntime's GridSample needs float32 or float64 for both, "
+                    "so it stays on the gather path.",
+                    stacklevel=2,
+                )
+                continue
+            dtype = _ORT_DTYPES[images_dtype]
+            interpolation, padding_mode, align_corners = boundary.mode
+            nchw = graph.make_node(
+                "Transpose",
+                [boundary.images],
+                attr={"perm": [0, 3, 1, 2]},
+                name=_native_name(boundary, "images_nchw"),
+                dtypes=[dtype],
             )
-        grid_value = values[boundary.grid]
-        mode = _identify_mode(
-            model, boundary, values[boundary.images], (2, *grid_value.shape[1:]), dtype, modes_opset
-        )
-        interpolation, padding_mode, align_corners = mode
-        prefix = boundary.scope.rstrip("/") + "/native"
-        new_nodes = [
-            helper.make_node(
-                "Transpose", [boundary.images], [f"{prefix}/images_nchw"], perm=[0, 3, 1, 2]
-            )
-        ]
-        grid = boundary.grid
-        affine = False
-        if use_affine_grid and opset >= AFFINE_GRID_OPSET and boundary.theta is not None:
-            theta = values[boundary.theta]
-            affine_corners = _affine_align_corners(theta, grid_value)
-            if affine_corners is not None and dtypes[boundary.theta] == dtype:
-                affine = True
-                _, height, width, _ = grid_value.shape
-                grid = f"{prefix}/affine_grid"
-                new_nodes += [
-                    helper.make_node("Shape", [boundary.theta], [f"{prefix}/theta_shape"]),
-                    helper.make_node(
-                        "Slice",
-                        [
-                            f"{prefix}/theta_shape",
-                            _const(graph, f"{prefix}/zero", [0]),
-                            _const(graph, f"{prefix}/one", [1]),
-                        ],
-                        [f"{prefix}/batch"],
-                    ),
-                    helper.make_node(
-                        "Concat",
-                        [f"{prefix}/batch", _const(graph, f"{prefix}/chw", [1, height, width])],
-                        [f"{prefix}/size"],
-                        axis=0,
-                    ),
-                    helper.make_node(
-                        "AffineGrid",
-                        [boundary.theta, f"{prefix}/size"],
-                        [grid],
-                        align_corners=int(affine_corners),
-                    ),
-                ]
-        new_nodes += [
-            helper.make_node(
+            sampled = graph.make_node(
                 "GridSample",
-                [f"{prefix}/images_nchw", grid],
-                [f"{prefix}/sampled_nchw"],
-                mode=_ONNX_MODES[modes_opset][interpolation],
-                padding_mode=padding_mode,
-                align_corners=int(align_corners),
-            ),
-            helper.make_node(
-                "Transpose", [f"{prefix}/sampled_nchw"], [boundary.output], perm=[0, 2, 3, 1]
-            ),
-        ]
-        index = _producer_index(graph, boundary.output)
-        del graph.node[index]
-        for offset, node in enumerate(new_nodes):
-            graph.node.insert(index + offset, node)
-        rewrites.append((boundary.scope, mode, affine))
-    return rewrites
+                [nchw.output[0], boundary.grid],
+                attr={
+                    "mode": _ONNX_MODES[16][interpolation],
+                    "padding_mode": padding_mode,
+                    "align_corners": int(align_corners),
+                },
+                name=_native_name(boundary, "GridSample"),
+                dtypes=[dtype],
+            )
+            nhwc = graph.make_node(
+                "Transpose",
+                [sampled.output[0]],
+                attr={"perm": [0, 2, 3, 1]},
+                name=_native_name(boundary, "sampled_nhwc"),
+                dtypes=[dtype],
+            )
+            graph.replace_all_inputs(boundary.output, nhwc.output[0])
+            rewrites.append((boundary, _can_use_affine_grid(boundary)))
+        return graph.get_nodes()
+
+    return rewrite
+
+
+def use_affine_grids(model, rewrites, opset):
+    """Feed each rewritten GridSample whose grid is affine from `AffineGrid(theta)`, in place.
+
+    Args:
+        model: the converted `onnx.ModelProto` at `opset`, each candidate's `theta` still a graph
+            output.
+        rewrites: what `native_rewriter` appended, with ONNX tensor names.
+        opset: the model's opset; `AffineGrid` needs 20.
+
+    Returns:
+        A list of `(scope, (interpolation, padding_mode, align_corners), used_affine_grid)`, one per
+        GridSample in `model` (tf2onnx merges two samplers that compute the same value).
+    """
+    graph = model.graph
+    nodes = {node.name: node for node in graph.node}
+    report = []
+    for boundary, candidate in rewrites:
+        sampler = nodes.get(_native_name(boundary, "GridSample"))
+        if sampler is None:
+            continue
+        affine = candidate and opset >= AFFINE_GRID_OPSET
+        if affine:
+            prefix = _native_name(boundary, "affine_grid")
+            height, width = boundary.size
+            new_nodes = [
+                helper.make_node("Shape", [boundary.theta], [f"{prefix}/theta_shape"]),
+                helper.make_node(
+                    "Slice",
+                    [
+                        f"{prefix}/theta_shape",
+                        _const(graph, f"{prefix}/zero", [0]),
+                        _const(graph, f"{prefix}/one", [1]),
+                    ],
+                    [f"{prefix}/batch"],
+                ),
+                helper.make_node(
+                    "Concat",
+                    [f"{prefix}/batch", _const(graph, f"{prefix}/chw", [1, height, width])],
+                    [f"{prefix}/size"],
+                    axis=0,
+                ),
+                helper.make_node(
+                    "AffineGrid",
+                    [boundary.theta, f"{prefix}/size"],
+                    [f"{prefix}/grid"],
+                    align_corners=int(boundary.affine_align_corners),
+                ),
+            ]
+            index = list(graph.node).index(sampler)
+            for offset, node in enumerate(new_nodes):
+                graph.node.insert(index + offset, node)
+            sampler.input[1] = f"{prefix}/grid"
+        report.append((boundary.scope, boundary.mode, affine))
+    return report

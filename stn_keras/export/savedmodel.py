@@ -1,40 +1,63 @@
 """Export to a TensorFlow SavedModel (TF Serving, `tf.saved_model.load`), validated after reloading."""
 
-import re
-
+import keras
 import tensorflow as tf
 
-from stn_keras.export import files, validation
+from stn_keras.export import artifacts, validation
 
 SERVING_SIGNATURE = "serving_default"
 
 
-def signature_runner(fn, specs, keep_alive=None):
-    """Wrap a signature function as `(inputs: list of arrays) -> outputs in the model's order`.
+def signature_output_names(model):
+    """The names Keras's exporter gives `model`'s outputs in a signature, in the flattened output order.
 
-    Keras names the signature's inputs after the model's inputs and its outputs `output_0`,
-    `output_1`, ... in the model's flattened output order (SavedModel and LiteRT alike).
+    A dict of outputs keeps its keys (flattened in sorted order, as `keras.tree.flatten` does); a
+    single output or a list of them is named `output_0`, `output_1`, ... (SavedModel and LiteRT alike).
+    The structure is read from the model's output on one sample input, which every model has (a
+    reloaded `Sequential` has no symbolic output until it is called).
+    """
+    specs = validation.input_specs(model)
+    inputs = validation.sample_inputs(specs, 1)
+    structure = model(inputs if len(inputs) > 1 else inputs[0], training=False)
+    if isinstance(structure, dict):
+        return [str(k) for k in sorted(structure)]
+    return [f"output_{i}" for i in range(len(keras.tree.flatten(structure)))]
+
+
+def signature_runner(fn, specs, output_names, keep_alive=None):
+    """Wrap a signature function as `(inputs: list of arrays) -> outputs in the model's order`.
 
     Args:
         fn: a callable taking the inputs as keyword arguments and returning a dict of outputs.
         specs: the model's `validation.input_specs`.
+        output_names: the signature's output names in the model's flattened output order (see
+            `signature_output_names`); outputs are paired by these names, never by position.
         keep_alive: an object to keep referenced while the runner lives (the loaded SavedModel).
+
+    Raises:
+        ValueError: (when run) if the signature's outputs are not named `output_names`.
     """
     names = [name for name, _, _ in specs]
 
     def run(inputs):
         outputs = fn(**dict(zip(names, inputs, strict=True)))
-        keys = sorted(outputs, key=lambda k: int(re.sub(r"\D", "", k) or 0))
-        return [getattr(outputs[k], "numpy", lambda k=k: outputs[k])() for k in keys]
+        if set(outputs) != set(output_names):
+            raise ValueError(
+                f"The artifact's outputs are named {sorted(outputs)}; the model's are "
+                f"{sorted(output_names)}."
+            )
+        return [getattr(outputs[k], "numpy", lambda k=k: outputs[k])() for k in output_names]
 
     run.keep_alive = keep_alive
     return run
 
 
-def savedmodel_runner(path, specs):
+def savedmodel_runner(path, specs, output_names):
     """`(inputs: list of arrays) -> outputs in the model's order` running the SavedModel in `path`."""
     loaded = tf.saved_model.load(path)
-    return signature_runner(loaded.signatures[SERVING_SIGNATURE], specs, keep_alive=loaded)
+    return signature_runner(
+        loaded.signatures[SERVING_SIGNATURE], specs, output_names, keep_alive=loaded
+    )
 
 
 def export_savedmodel(
@@ -49,12 +72,14 @@ def export_savedmodel(
     """Export `model` as a SavedModel with a `serving_default` signature and a dynamic batch size.
 
     Uses Keras 3's own exporter (`model.export(format="tf_saved_model")`), then reloads the directory
-    with `tf.saved_model.load` and checks `serving_default` against the model.
+    with `tf.saved_model.load` and checks `serving_default` against the model. Inputs with dynamic
+    spatial sizes stay dynamic and are validated at two sizes.
 
     Args:
         model: a Keras model with known inputs (see `validation.input_specs`).
         path: the SavedModel directory to create.
-        force: whether to replace an existing `path`. Defaults to `False`.
+        force: whether to replace an existing SavedModel directory at `path` (never any other
+            directory). Defaults to `False`.
         validate: whether to validate the reloaded artifact before moving it into place. Defaults to
             `True`.
         batch_sizes: batch sizes to validate at. Defaults to `(1, 5)`.
@@ -64,23 +89,25 @@ def export_savedmodel(
         The `ParityReport`, or `None` with `validate=False`.
 
     Raises:
+        ValueError: if `path` is one `files.check_target` refuses, or the model's inputs are unknown.
         FileExistsError: if `path` exists and `force` is false.
-        ValueError: if the model's inputs are unknown.
+        PermissionError: if the directory that should hold `path` is not writable.
         ValidationError: if the reloaded model does not match; nothing is written then.
     """
     specs = validation.input_specs(model)
-    report = None
-    with files.staged_output(path, force=force) as staging:
-        model.export(staging, format="tf_saved_model", verbose=False)
-        if validate:
-            report = validation.check_parity(
-                model,
-                savedmodel_runner(staging, specs),
-                format="savedmodel",
-                path=path,
-                runtime=f"tf.saved_model {tf.__version__}",
-                batch_sizes=batch_sizes,
-                atol=atol,
-            )
-            validation.raise_unless_passed(report)
-    return report
+    names = signature_output_names(model)
+    return artifacts.export_validated(
+        model,
+        path,
+        format="savedmodel",
+        kind="savedmodel",
+        write=lambda staging: model.export(staging, format="tf_saved_model", verbose=False),
+        runner=lambda staging: (
+            savedmodel_runner(staging, specs, names),
+            f"tf.saved_model {tf.__version__}",
+        ),
+        force=force,
+        validate=validate,
+        batch_sizes=batch_sizes,
+        atol=atol,
+    )

@@ -37,6 +37,8 @@ class ParityReport:
         errors: `{batch_size: max abs error over all outputs}`.
         tolerance: the largest error accepted, `atol * max(1, max |keras output|)`.
         runtime: the runtime the artifact ran in.
+        spatial_sizes: the sizes dynamic spatial axes took, one per batch size (empty when all
+            sizes are static).
     """
 
     format: str
@@ -44,6 +46,7 @@ class ParityReport:
     errors: dict
     tolerance: float
     runtime: str = ""
+    spatial_sizes: tuple = ()
 
     @property
     def max_abs_error(self):
@@ -57,7 +60,11 @@ class ParityReport:
 
     def summary(self):
         """One line: format, errors per batch size, tolerance, PASS/FAIL."""
-        errors = ", ".join(f"batch {b}: {e:.2e}" for b, e in self.errors.items())
+        sizes = self.spatial_sizes or [None] * len(self.errors)
+        errors = ", ".join(
+            f"batch {b}{'' if n is None else f' at size {n}'}: {e:.2e}"
+            for (b, e), n in zip(self.errors.items(), sizes, strict=True)
+        )
         verdict = "PASS" if self.passed else "FAIL"
         return (
             f"{self.format:<11} max abs error {errors} (tolerance {self.tolerance:.1e}) {verdict}"
@@ -68,19 +75,27 @@ class ParityReport:
         return self.summary()
 
 
-def input_specs(model):
+# Sizes a dynamic spatial axis takes in validation, one per batch size in turn: two different sizes,
+# neither a power of two, so a size baked in at export shows.
+DYNAMIC_SIZES = (11, 14)
+
+
+def input_specs(model, *, dynamic_sizes=True, format="this format"):
     """The model's inputs as `(name, shape, dtype)` triples, batch axis first.
 
     Args:
         model: a built Keras model with known inputs (functional, sequential with an input, or one
             that has been called).
+        dynamic_sizes: whether sizes other than the batch may be unknown (`None`). Defaults to `True`.
+        format: the format's name, for the error when they may not. Defaults to `"this format"`.
 
     Returns:
         A list with one `(name, shape, dtype)` per model input; `shape` is a tuple whose first entry is
         `None` (the dynamic batch).
 
     Raises:
-        ValueError: if the model's inputs are unknown, or one has an unknown size other than the batch.
+        ValueError: if the model's inputs are unknown, or (with `dynamic_sizes=False`) one has an
+            unknown size other than the batch.
     """
     try:
         inputs = keras.tree.flatten(model.inputs)
@@ -94,24 +109,38 @@ def input_specs(model):
     specs = []
     for i, tensor in enumerate(inputs):
         shape = (None, *tuple(tensor.shape)[1:])
-        if any(d is None for d in shape[1:]):
+        if not dynamic_sizes and any(d is None for d in shape[1:]):
             raise ValueError(
-                f"Cannot export model {model.name!r}: input {i} has shape {shape}; exporters need every "
-                "size but the batch to be known."
+                f"Cannot export model {model.name!r} to {format}: input {i} has shape {shape}, and "
+                f"{format} needs every size but the batch to be known. Build the model on an input "
+                "of fixed size, or export to SavedModel or ONNX, which keep such sizes dynamic."
             )
         name = getattr(tensor, "name", None) or f"input_{i}"
         specs.append((name.split(":")[0], shape, keras.backend.standardize_dtype(tensor.dtype)))
     return specs
 
 
-def sample_inputs(specs, batch_size, seed=0):
+def sample_inputs(specs, batch_size, seed=0, dynamic_size=DYNAMIC_SIZES[0]):
     """Random inputs for `specs` (see `input_specs`) at `batch_size`, uniform in [0, 1).
+
+    Args:
+        specs: see `input_specs`.
+        batch_size: the batch size.
+        seed: the random seed (offset by the batch size). Defaults to `0`.
+        dynamic_size: the size given to every unknown axis but the batch. Defaults to
+            `DYNAMIC_SIZES[0]`.
 
     Returns:
         A list of numpy arrays, one per input, `(batch_size, *shape[1:])`.
     """
     rng = np.random.default_rng(seed + batch_size)
-    return [rng.random((batch_size, *shape[1:])).astype(dtype) for _, shape, dtype in specs]
+    shapes = [
+        (batch_size, *(dynamic_size if d is None else d for d in shape[1:]))
+        for _, shape, _ in specs
+    ]
+    return [
+        rng.random(shape).astype(dtype) for shape, (_, _, dtype) in zip(shapes, specs, strict=True)
+    ]
 
 
 def keras_outputs(model, inputs):
@@ -132,6 +161,9 @@ def check_parity(
 ):
     """Compare an artifact with its Keras model on random inputs at each of `batch_sizes`.
 
+    Sizes unknown in the model's inputs (other than the batch) take the sizes of `DYNAMIC_SIZES` in
+    turn, one per batch size.
+
     Args:
         model: the Keras model the artifact was exported from.
         run_artifact: callable `(inputs: list of arrays) -> list of arrays` running the artifact, its
@@ -144,9 +176,12 @@ def check_parity(
         A `ParityReport`.
     """
     specs = input_specs(model)
+    dynamic = any(d is None for _, shape, _ in specs for d in shape[1:])
+    sizes = [DYNAMIC_SIZES[i % len(DYNAMIC_SIZES)] for i in range(len(batch_sizes))]
     errors, scale = {}, 1.0
-    for batch_size in batch_sizes:
-        inputs = sample_inputs(specs, batch_size)
+    for batch_size, size in zip(batch_sizes, sizes, strict=True):
+        # Dynamic spatial sizes take a different size in each round, so two sizes are checked.
+        inputs = sample_inputs(specs, batch_size, dynamic_size=size)
         expected = keras_outputs(model, inputs)
         actual = run_artifact(inputs)
         if len(actual) != len(expected):
@@ -165,7 +200,9 @@ def check_parity(
             )
             scale = max(scale, float(np.max(np.abs(want), initial=0.0)))
         errors[batch_size] = error
-    return ParityReport(format, str(path), errors, atol * scale, runtime)
+    return ParityReport(
+        format, str(path), errors, atol * scale, runtime, tuple(sizes) if dynamic else ()
+    )
 
 
 def raise_unless_passed(report):

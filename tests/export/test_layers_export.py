@@ -3,7 +3,7 @@
 import onnx
 
 from stn_keras.export import export_onnx
-from stn_keras.testing.export import custom_layer_model
+from tests.export.models import custom_layer_model
 
 
 def test_custom_layer_calling_grid_sample_is_replaced_natively(tmp_path):

@@ -11,7 +11,8 @@ import pytest
 from stn_keras.export import export_litert, export_savedmodel
 from stn_keras.export.litert import interpreter
 from stn_keras.export.validation import keras_outputs, sample_inputs
-from stn_keras.testing.export import ALL_MODES, run_export_test, sampler_model
+from stn_keras.testing.export import run_export_test
+from tests.export.models import ALL_MODES, sampler_model
 
 # Keep the module on one xdist worker (`--dist loadgroup`): its fixtures convert large models once.
 pytestmark = pytest.mark.xdist_group("export_savedmodel_litert")
@@ -98,23 +99,28 @@ def test_litert_path_must_end_in_tflite(small_model, tmp_path):
 def test_savedmodel_failed_validation_leaves_target_untouched(small_model, tmp_path):
     # A negative tolerance can never pass: the export must fail and keep the old directory.
     target = tmp_path / "sm"
-    target.mkdir()
-    (target / "old.txt").write_text("old")
+    (target / "variables").mkdir(parents=True)
+    (target / "saved_model.pb").write_text("old")
     from stn_keras.export import ValidationError
 
     with pytest.raises(ValidationError):
         export_savedmodel(small_model, target, force=True, atol=-1.0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sm"]
-    assert [p.name for p in target.iterdir()] == ["old.txt"]
+    assert sorted(p.name for p in target.iterdir()) == ["saved_model.pb", "variables"]
+    assert (target / "saved_model.pb").read_text() == "old"
 
 
-def test_savedmodel_force_replaces_an_existing_directory(small_model, tmp_path):
+def test_savedmodel_force_replaces_an_existing_savedmodel_only(small_model, tmp_path):
     target = tmp_path / "sm"
-    target.mkdir()
-    (target / "old.txt").write_text("old")
+    export_savedmodel(small_model, target, validate=False)
     with pytest.raises(FileExistsError):
         export_savedmodel(small_model, target)
+    (target / "saved_model.pb").write_bytes(b"stale")
     report = export_savedmodel(small_model, target, force=True)
     assert report.passed
-    assert (target / "saved_model.pb").is_file() and not (target / "old.txt").exists()
+    assert (target / "saved_model.pb").read_bytes() != b"stale"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sm"]
+    (target / "notes.txt").write_text("mine")  # no longer a SavedModel alone: never replaced
+    with pytest.raises(ValueError, match="not a SavedModel directory"):
+        export_savedmodel(small_model, target, force=True)
+    assert (target / "notes.txt").read_text() == "mine"

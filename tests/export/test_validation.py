@@ -63,8 +63,9 @@ def test_tolerance_scales_with_the_outputs():
     assert report.passed
 
 
-def test_input_specs_reject_unknown_sizes_beyond_the_batch():
+def test_input_specs_keep_unknown_sizes_unless_the_format_needs_them():
     inputs = keras.Input((None, None, 3), name="images")
     model = keras.Model(inputs, keras.layers.Conv2D(2, 3)(inputs))
-    with pytest.raises(ValueError, match=r"input 0 has shape \(None, None, None, 3\)"):
-        input_specs(model)
+    assert input_specs(model) == [("images", (None, None, None, 3), "float32")]
+    with pytest.raises(ValueError, match=r"to LiteRT: input 0 has shape \(None, None, None, 3\)"):
+        input_specs(model, dynamic_sizes=False, format="LiteRT")
