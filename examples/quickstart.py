@@ -19,7 +19,8 @@ import sys
 import time
 
 # Quiet TensorFlow's C++ start-up and loader logs so the report stands out; set before TF loads.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if "--verbose" not in sys.argv[1:]:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
@@ -28,17 +29,18 @@ from stn_keras import export  # noqa: E402
 from stn_keras.export import litert, savedmodel  # noqa: E402
 from stn_keras.export import onnx as onnx_export  # noqa: E402
 from stn_keras.export.validation import input_specs  # noqa: E402
+from stn_keras.quiet import quiet_third_party  # noqa: E402
 
 
-def _runners(out, specs):
+def _runners(out, specs, output_names):
     """`{name: (path, runner)}`: each artifact as `(inputs: list of arrays) -> list of outputs`."""
     return {
-        "savedmodel": savedmodel.savedmodel_runner(str(out / "savedmodel"), specs),
+        "savedmodel": savedmodel.savedmodel_runner(str(out / "savedmodel"), specs, output_names),
         "onnx": onnx_export.onnx_runner(onnx_export.session_of(str(out / "st_cnn.onnx"))),
         "onnx-native": onnx_export.onnx_runner(
             onnx_export.session_of(str(out / "st_cnn_gridsample.onnx"))
         ),
-        "litert": litert.litert_runner(str(out / "st_cnn.tflite"), specs)[0],
+        "litert": litert.litert_runner(str(out / "st_cnn.tflite"), specs, output_names)[0],
     }
 
 
@@ -47,7 +49,15 @@ def main(argv=None):
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("artifacts/quickstart"))
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--train-copies", type=int, default=4, help="distorted copies per digit")
+    parser.add_argument(
+        "--verbose", action="store_true", help="show TensorFlow's and the converters' own logs"
+    )
     args = parser.parse_args(argv)
+    with quiet_third_party(args.verbose):
+        return _run(args)
+
+
+def _run(args):
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
 
@@ -60,7 +70,7 @@ def main(argv=None):
     print(f"trained ST-CNN: test accuracy {100 * accuracy:.1f}% ({time.time() - start:.0f} s)")
     trained.save(out / "st_cnn.keras")
 
-    # Export what was saved, as `python -m export` would: the reloaded `.keras` file.
+    # Export what was saved, as `stn-keras-export` would: the reloaded `.keras` file.
     model = export.load_model(out / "st_cnn.keras")
     reports = [
         export.export_savedmodel(model, out / "savedmodel", force=True),
@@ -76,7 +86,8 @@ def main(argv=None):
 
     print("\nagreement with Keras on the held-out digits (predicted class):")
     failed = not all(r.passed for r in reports)
-    for name, run in _runners(out, input_specs(model)).items():
+    runners = _runners(out, input_specs(model), savedmodel.signature_output_names(model))
+    for name, run in runners.items():
         predictions = np.argmax(run([x_test])[0], axis=-1)
         agreement = float(np.mean(predictions == keras_predictions))
         failed |= agreement < 0.99

@@ -1,14 +1,16 @@
-"""`python -m export`: success, the no-overwrite rule, and one-line errors with a non-zero exit."""
+"""The export command line: success, the no-overwrite and no-data-loss rules, one-line errors with a
+non-zero exit, and the installed `stn-keras-export` / `python -m stn_keras.export` outside a checkout."""
 
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
 import pytest
 
 import export
-from stn_keras.testing.export import custom_layer_model, sampler_model
+from tests.export.models import custom_layer_model, sampler_model
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -124,7 +126,7 @@ def test_cli_custom_module_registers_the_layer(tmp_path, capsys):
         tmp_path / "m.onnx",
         "--native-gridsample",
         "--custom-module",
-        "stn_keras.testing.export",
+        "tests.export.models",
     )
     assert status == 0, err
     assert "onnx-native" in out and "PASS" in out
@@ -135,3 +137,144 @@ def test_cli_no_validate_writes_and_says_so(model_file, tmp_path, capsys):
     assert status == 0, err
     assert "not validated" in out and "PASS" not in out
     assert (tmp_path / "m.tflite").stat().st_size > 0
+
+
+# ---- nothing the user owns is ever lost -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["savedmodel", "onnx", "litert"])
+@pytest.mark.parametrize("output", ["", ".", "..", "m.keras", "{cwd}"])
+def test_cli_refuses_paths_it_cannot_own_and_loses_nothing(
+    model_file, tmp_path, monkeypatch, capsys, fmt, output
+):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("mine")
+    (work / "m.keras").write_bytes(model_file.read_bytes())
+    monkeypatch.chdir(work)
+    before = sorted((p.name, p.stat().st_size) for p in tmp_path.rglob("*"))
+    status, out, err = _cli(capsys, fmt, "m.keras", output.format(cwd=work), "--force")
+    _assert_one_line_error(
+        status, err, "Refusing to write to" if output else "Output path is empty"
+    )
+    assert "PASS" not in out
+    assert sorted((p.name, p.stat().st_size) for p in tmp_path.rglob("*")) == before
+
+
+def test_cli_force_never_replaces_a_directory_holding_other_files(model_file, tmp_path, capsys):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "data.csv").write_text("1,2,3")
+    status, _, err = _cli(capsys, "savedmodel", model_file, target, "--force")
+    _assert_one_line_error(status, err, "not a SavedModel directory")
+    assert [p.name for p in target.iterdir()] == ["data.csv"]
+
+
+def test_api_refuses_an_empty_path_even_with_force(tmp_path, monkeypatch):
+    from stn_keras.export import export_savedmodel
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    model = sampler_model([("bilinear", "zeros", False)], input_shape=(4, 5, 1), output_size=(3, 3))
+    with pytest.raises(ValueError, match="Output path is empty"):
+        export_savedmodel(model, "", force=True)
+    with pytest.raises(ValueError, match="current directory"):
+        export_savedmodel(model, ".", force=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_onnx_checks_the_output_directory_before_converting(model_file, tmp_path, monkeypatch):
+    from stn_keras.export import onnx as onnx_export
+
+    def convert_must_not_run(*args, **kwargs):
+        pytest.fail("converted before checking the output directory")
+
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda p, mode: False if str(p) == str(tmp_path) else real_access(p, mode)
+    )
+    monkeypatch.setattr(onnx_export, "convert", convert_must_not_run)
+    model = sampler_model([("bilinear", "zeros", False)], input_shape=(4, 5, 1), output_size=(3, 3))
+    with pytest.raises(PermissionError, match="is not writable"):
+        onnx_export.export_onnx(model, tmp_path / "m.onnx")
+
+
+def test_cli_reports_a_permission_error_as_such(model_file, tmp_path, monkeypatch, capsys):
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda p, mode: False if str(p) == str(tmp_path) else real_access(p, mode)
+    )
+    status, _, err = _cli(capsys, "litert", model_file, tmp_path / "m.tflite")
+    _assert_one_line_error(status, err, "is not writable")
+    assert "conversion" not in err
+
+
+# ---- the installed command line, outside the checkout ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """stn-keras installed from its wheel (no dependencies: they are this environment's) into a folder."""
+    root = tmp_path_factory.mktemp("installed")
+    source, wheels, target = root / "source", root / "wheels", root / "site"
+    # Built from a copy, so that the build leaves nothing in the checkout.
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(
+        ROOT / "stn_keras", source / "stn_keras", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = wheels.glob("stn_keras-*.whl")
+    subprocess.run(
+        [*pip, "install", "--no-deps", "--target", str(target), str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    return target
+
+
+@pytest.mark.xdist_group("installed_cli")  # one worker builds the wheel
+@pytest.mark.parametrize("launcher", ["console-script", "python-m"])
+def test_installed_command_line_works_outside_the_checkout(
+    installed, model_file, tmp_path, launcher
+):
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(installed)}
+    if launcher == "console-script":
+        command = [sys.executable, str(installed / "bin" / "stn-keras-export")]
+    else:
+        command = [sys.executable, "-m", "stn_keras.export"]
+    where = subprocess.run(
+        [sys.executable, "-c", "import stn_keras; print(stn_keras.__file__)"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert where.stdout.strip().startswith(str(installed)), where.stdout  # not the checkout's
+    result = subprocess.run(
+        [*command, "onnx", str(model_file), "m.onnx"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "PASS" in result.stdout and (work / "m.onnx").exists()
+    # Our output only: no third-party warnings or deprecation notices on either stream.
+    assert result.stdout.strip().count("\n") == 0, result.stdout
+    assert "Instructions for updating" not in result.stderr
+    assert "Warning" not in result.stderr, result.stderr[-2000:]
