@@ -29,3 +29,11 @@ def test_readme_snippet_runs_as_written(index, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # snippets may write files
     code = compile(_marked_blocks()[index], f"README.md snippet {index}", "exec")
     exec(code, {"__name__": "__readme__"})
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    text = README.read_text()
+    section = text[text.index("## Install and test") :]
+    commands = re.findall(r"```bash\n(python3 -m venv \.venv .*?)\n```", section)
+    ci = (README.parent / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert commands and commands[0] == ci
