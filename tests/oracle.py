@@ -75,3 +75,57 @@ def random_thetas(rng, batch):
     )
     linear = rotation @ shear_m * scale[:, :, None]  # Bx2x2
     return np.concatenate([linear, shift[:, :, None]], axis=-1)  # Bx2x3
+
+
+def batched_jacobians(fn, images, grid, delta=1e-6, jit=False):
+    """Analytic and central finite-difference Jacobians of `fn(images, grid)` for a batch of one.
+
+    Samples of a batch are independent (`grid_sample` never mixes them), so every perturbation of the
+    finite differences is one sample of a single batched call, and every row of the analytic Jacobian
+    one sample of a single batched backward pass with a one-hot output gradient. The same numbers as
+    `tf.test.compute_gradient`, in two calls instead of one per input element.
+
+    Args:
+        fn: `(images (P, ...), grid (P, ...)) -> (P, ...)`, float64.
+        images, grid: numpy arrays with a batch of 1.
+        delta: the finite-difference step. Defaults to `1e-6`.
+        jit: whether to compile `fn` with XLA. Defaults to `False`.
+
+    Returns:
+        `((analytic_images, numerical_images), (analytic_grid, numerical_grid))`, each `(M, N)`: the
+        derivative of each of the M output elements w.r.t. each of the N input elements.
+    """
+    import tensorflow as tf
+
+    images, grid = np.asarray(images, np.float64), np.asarray(grid, np.float64)
+    n_images, n_grid = images.size, grid.size
+    count = n_images + n_grid
+    steps = np.eye(count) * delta  # one perturbation per row
+    stacked_images = images.reshape(1, -1) + np.concatenate([steps, -steps])[:, :n_images]
+    stacked_grid = grid.reshape(1, -1) + np.concatenate([steps, -steps])[:, n_images:]
+
+    def backward(images, grid, upstream):
+        with tf.GradientTape() as tape:
+            tape.watch([images, grid])
+            out = fn(images, grid)
+        return tape.gradient(out, [images, grid], output_gradients=upstream)
+
+    forward = tf.function(fn, jit_compile=True) if jit else fn
+    backward = tf.function(backward, jit_compile=True) if jit else backward
+    out = forward(
+        tf.constant(stacked_images.reshape(2 * count, *images.shape[1:])),
+        tf.constant(stacked_grid.reshape(2 * count, *grid.shape[1:])),
+    ).numpy()
+    out = out.reshape(2 * count, -1)
+    numerical = ((out[:count] - out[count:]) / (2 * delta)).T  # MxN
+    outputs = numerical.shape[0]
+    upstream = np.eye(outputs).reshape(outputs, *out.shape[1:])
+    d_images, d_grid = backward(
+        tf.constant(np.repeat(images, outputs, axis=0)),
+        tf.constant(np.repeat(grid, outputs, axis=0)),
+        tf.constant(upstream.reshape(outputs, *fn(images, grid).shape[1:])),
+    )
+    return (
+        (d_images.numpy().reshape(outputs, -1), numerical[:, :n_images]),
+        (d_grid.numpy().reshape(outputs, -1), numerical[:, n_images:]),
+    )

@@ -63,7 +63,11 @@ def check_same_batch(a, a_name, b, b_name):
 
 def _is_size(value):
     """Whether `value` is a Python or numpy integer (not a bool) of at least 1."""
-    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_) and value >= 1
+    return (
+        isinstance(value, int | np.integer)
+        and not isinstance(value, bool | np.bool_)
+        and value >= 1
+    )
 
 
 def check_size(size, name="size", layout="(H_out, W_out)", allow_tensors=True):
@@ -100,7 +104,9 @@ def check_size(size, name="size", layout="(H_out, W_out)", allow_tensors=True):
             if not all(v >= 1 for v in size.numpy().tolist()):
                 raise invalid()
         else:
-            check = tf.debugging.assert_positive(size, message=f"Argument `{name}` must be positive")
+            check = tf.debugging.assert_positive(
+                size, message=f"Argument `{name}` must be positive"
+            )
             with tf.control_dependencies([check]):
                 size = tf.identity(size)
         return size[0], size[1]

@@ -109,7 +109,9 @@ def test_integer_theta_raises():
 
 
 def test_eager_size_tensor_with_a_zero_raises_naming_it():
-    with pytest.raises(ValueError, match=r"Invalid value for argument `size`.*numpy=array\(\[0, 5\]"):
+    with pytest.raises(
+        ValueError, match=r"Invalid value for argument `size`.*numpy=array\(\[0, 5\]"
+    ):
         affine_grid(tf.zeros((1, 2, 3)), tf.constant([0, 5]))
 
 

@@ -151,6 +151,7 @@ def test_integer_images_raise():
 
 # ---- robustness: non-finite and huge coordinates ----------------------------------------------------
 
+
 def _rounding_bound(images, interpolation):
     """How far two float32 evaluations of one sample may differ by rounding alone.
 

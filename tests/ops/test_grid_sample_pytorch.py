@@ -2,7 +2,6 @@
 are silent: gradients at exact borders and folds, and NaN pixels. The numbers are fixtures written by
 `tests/fixtures/make_torch_fixtures.py` (torch is not a test dependency)."""
 
-import functools
 import json
 import os
 
