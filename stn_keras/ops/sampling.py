@@ -163,6 +163,37 @@ def _select(valid, values):
     return tf.where(valid, values, tf.zeros_like(values))
 
 
+# How a tap that is not read contributes exactly 0 (a select, never a product with 0: 0 * NaN is NaN).
+# Up to this many channels the forward pass gathers it from an extra row of zeros appended to the
+# image matrix (a copy of the image); with more, it selects the gathered value away. XLA runs the
+# select over a few channels 1.4-1.9x slower than the gathers alone, and the copy costs more than
+# the select over many channels (see `benchmarks/results`).
+_ZERO_ROW_CHANNELS = 8
+
+
+def _with_zero_row(flat):
+    """The `(N, C)` image matrix with a row of zeros appended, `(N + 1, C)`: what no tap reads."""
+    return tf.concat([flat, tf.zeros_like(flat[:1])], axis=0)
+
+
+def _read(table, rows, valid, zero_row):
+    """Each tap's pixel values, exactly 0 where the tap is not read.
+
+    Args:
+        table: the `(N, C)` image matrix, or `(N + 1, C)` with a zero row last (`zero_row`).
+        rows: int64 `(B, H_out, W_out)`, the taps' rows, always inside the image.
+        valid: bool `(B, H_out, W_out, 1)`, whether each tap is read.
+        zero_row: whether `table` ends with the zero row.
+
+    Returns:
+        `(B, H_out, W_out, C)` in `table`'s dtype.
+    """
+    if zero_row:
+        last = tf.shape(table, out_type=tf.int64)[0] - 1
+        return tf.gather(table, tf.where(valid[..., 0], rows, last))
+    return _select(valid, tf.gather(table, rows))
+
+
 def _batch_indices(images, grid):
     """`tf.range(B)` as int64, with the run-time check that `images` and `grid` share the batch size.
 
@@ -329,13 +360,12 @@ def _interpolate(images, pixels, finite, movable, axis_taps, constant_weights):
         rows = [flat_indices(batch, iy[i], ix[j], height, width) for i, j in taps]  # BxHoxWo each
         # Whether each tap is read at all, BxHoxWox1: selected, never multiplied by 0 (0 * NaN).
         valid = [(inside_y[i] & inside_x[j] & finite)[..., None] for i, j in taps]
-
+        zero_row = isinstance(channels, int) and channels <= _ZERO_ROW_CHANNELS
+        table = _with_zero_row(flat) if zero_row else flat  # what the forward pass gathers from
         out = tf.add_n(
             [
-                _select(
-                    valid[k],
-                    tf.cast(tf.gather(flat, rows[k]), dtype) * tf.expand_dims(wy[i] * wx[j], -1),
-                )
+                tf.cast(_read(table, rows[k], valid[k], zero_row), dtype)
+                * tf.expand_dims(wy[i] * wx[j], -1)
                 for k, (i, j) in enumerate(taps)
             ]
         )

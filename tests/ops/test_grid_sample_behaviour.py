@@ -209,3 +209,26 @@ def test_non_finite_grid_points_only_zero_themselves():
     grid[0, 0, 1, 0] = np.nan
     out = grid_sample(images, grid, padding_mode="border").numpy().ravel()
     np.testing.assert_array_equal(out, [1.0, 0.0, 1.0])
+
+
+# The forward pass masks taps one way up to `_ZERO_ROW_CHANNELS` channels and another beyond.
+@pytest.mark.parametrize("channels", [1, 3, 12])
+@pytest.mark.parametrize("mode", ["eager", "xla"])
+@pytest.mark.parametrize("padding_mode", PADDING_MODES)
+@pytest.mark.parametrize("interpolation", INTERPOLATIONS)
+def test_non_finite_pixels_spread_exactly_as_in_the_oracle(
+    interpolation, padding_mode, mode, channels
+):
+    rng = np.random.default_rng(7)
+    images = rng.uniform(size=(2, 6, 7, channels))
+    images[0, 0, 0, :] = np.nan  # a corner, read by taps outside the image under a zoom-out
+    images[0, 3, 4, -1] = np.inf
+    images[1, 5, 6, 0] = -np.inf
+    grid = affine_grid(np.array([[[1.4, 0.1, 0.05], [-0.1, 1.3, 0.0]]] * 2), (5, 6)).numpy()
+    options = dict(interpolation=interpolation, padding_mode=padding_mode)
+    out = run_op(grid_sample, images, grid, mode=mode, **options).numpy()
+    want = oracle.grid_sample(images, grid, interpolation, padding_mode, False)
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(out), np.isinf(want))
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(out[finite], want[finite], rtol=0, atol=1e-12)

@@ -1,0 +1,112 @@
+"""A/B of the sampler across commits: `ours-xla` at a base revision against the working tree, interleaved
+in one process, on the benchmark suite's cases and tasks.
+
+    python -m benchmarks.ab --base REV [--threads 2] [--rounds 9] [--out FILE.md]
+
+The base revision's `stn_keras` is extracted with `git archive` into a temporary folder and imported
+as `stn_keras_base`, so both versions run side by side in the same process and under the same load;
+each row's ratio is the working tree's median over the base's (above 1: the working tree is slower).
+"""
+
+import argparse
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _extract(base, folder):
+    """`stn_keras` at `base`, importable as `stn_keras_base` from `folder`."""
+    archive = subprocess.run(
+        ["git", "archive", base, "stn_keras"], cwd=ROOT, capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    package = folder / "stn_keras_base"
+    (folder / "stn_keras").rename(package)
+    for path in package.rglob("*.py"):
+        text = path.read_text()
+        text = text.replace("from stn_keras.", "from stn_keras_base.")
+        text = text.replace("from stn_keras import", "from stn_keras_base import")
+        text = text.replace("import stn_keras\n", "import stn_keras_base as stn_keras\n")
+        path.write_text(text)
+
+
+def _tasks(module, out_size):
+    import tensorflow as tf
+
+    def forward(images, theta):
+        return module.grid_sample(images, module.affine_grid(theta, out_size))
+
+    def backward_theta(images, theta, upstream):
+        with tf.GradientTape() as tape:
+            tape.watch(theta)
+            out = forward(images, theta)
+        return out, tape.gradient(out, theta, output_gradients=upstream)
+
+    def backward_all(images, theta, upstream):
+        with tf.GradientTape() as tape:
+            tape.watch([images, theta])
+            out = forward(images, theta)
+        return out, tape.gradient(out, [images, theta], output_gradients=upstream)
+
+    return {"forward": forward, "backward_theta": backward_theta, "backward_all": backward_all}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.ab", description=__doc__)
+    parser.add_argument("--base", required=True, help="the git revision to compare against")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--out", default=None, help="also write the table to this markdown file")
+    args = parser.parse_args(argv)
+
+    from benchmarks.contenders import set_threads
+
+    set_threads(args.threads)
+    import tensorflow as tf
+
+    import stn_keras
+    from benchmarks.suite import SUITE, TASKS, make_inputs
+    from benchmarks.timing import time_interleaved
+
+    with tempfile.TemporaryDirectory() as folder:
+        _extract(args.base, pathlib.Path(folder))
+        sys.path.insert(0, folder)
+        import stn_keras_base
+
+        lines = [
+            f"`python -m benchmarks.ab --base {args.base} --threads {args.threads}`: ours-xla, "
+            f"median ms of {args.rounds} interleaved rounds.",
+            "",
+            "| case | task | base | working tree | ratio |",
+            "|---|---|---|---|---|",
+        ]
+        print("\n".join(lines), flush=True)
+        for case in SUITE:
+            inputs = {k: tf.constant(v) for k, v in make_inputs(case).items()}
+            for task in TASKS:
+                call = (inputs["images"], inputs["theta"])
+                if task != "forward":
+                    call += (inputs["upstream"],)
+                contenders = {}
+                for name, module in (("base", stn_keras_base), ("tree", stn_keras)):
+                    fn = tf.function(_tasks(module, case.out_size)[task], jit_compile=True)
+                    contenders[name] = lambda fn=fn, call=call: fn(*call)
+                times = time_interleaved(contenders, rounds=args.rounds)
+                base, tree = times["base"]["median_ms"], times["tree"]["median_ms"]
+                lines.append(
+                    f"| {case.name} | {task} | {base:.3g} | {tree:.3g} | {tree / base:.2f} |"
+                )
+                print(lines[-1], flush=True)
+    if args.out:
+        pathlib.Path(args.out).write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
