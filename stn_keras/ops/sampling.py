@@ -165,9 +165,9 @@ def _select(valid, values):
 
 # How a tap that is not read contributes exactly 0 (a select, never a product with 0: 0 * NaN is NaN).
 # Up to this many channels the forward pass gathers it from an extra row of zeros appended to the
-# image matrix (a copy of the image); with more, it selects the gathered value away. XLA runs the
-# select over a few channels 1.4-1.9x slower than the gathers alone, and the copy costs more than
-# the select over many channels (see `benchmarks/results`).
+# image matrix (a copy of the image); with more, it selects the gathered value away. XLA runs a
+# select over a few channels far slower than the gathers alone, while over many channels the copy
+# costs more than the select (measured in `benchmarks/results/ab-nan-masking-cpu.md`).
 _ZERO_ROW_CHANNELS = 8
 
 
