@@ -226,7 +226,8 @@ def installed(tmp_path_factory):
     )
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run(
-        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)],
+        # Built as pip builds it for a user: in an isolated environment with pyproject's backend.
+        [*pip, "wheel", "--no-deps", "-w", str(wheels), str(source)],
         check=True,
         capture_output=True,
         timeout=300,
