@@ -37,27 +37,6 @@ def _extract(base, folder):
         path.write_text(text)
 
 
-def _tasks(module, out_size):
-    import tensorflow as tf
-
-    def forward(images, theta):
-        return module.grid_sample(images, module.affine_grid(theta, out_size))
-
-    def backward_theta(images, theta, upstream):
-        with tf.GradientTape() as tape:
-            tape.watch(theta)
-            out = forward(images, theta)
-        return out, tape.gradient(out, theta, output_gradients=upstream)
-
-    def backward_all(images, theta, upstream):
-        with tf.GradientTape() as tape:
-            tape.watch([images, theta])
-            out = forward(images, theta)
-        return out, tape.gradient(out, [images, theta], output_gradients=upstream)
-
-    return {"forward": forward, "backward_theta": backward_theta, "backward_all": backward_all}
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ab", description=__doc__)
     parser.add_argument("--base", required=True, help="the git revision to compare against")
@@ -67,6 +46,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     from benchmarks.contenders import set_threads
+    from benchmarks.contenders.ours import task_functions
 
     set_threads(args.threads)
     import tensorflow as tf
@@ -96,7 +76,7 @@ def main(argv=None):
                     call += (inputs["upstream"],)
                 contenders = {}
                 for name, module in (("base", stn_keras_base), ("tree", stn_keras)):
-                    fn = tf.function(_tasks(module, case.out_size)[task], jit_compile=True)
+                    fn = tf.function(task_functions(case.out_size, module)[task], jit_compile=True)
                     contenders[name] = lambda fn=fn, call=call: fn(*call)
                 times = time_interleaved(contenders, rounds=args.rounds)
                 base, tree = times["base"]["median_ms"], times["tree"]["median_ms"]

@@ -2,13 +2,16 @@
 
 import tensorflow as tf
 
+import stn_keras
 from benchmarks.contenders import Contender
-from stn_keras import affine_grid, grid_sample
 
 
-def _functions(out_size):
+def task_functions(out_size, ops=stn_keras):
+    """`{task: function}` of the benchmark's tasks, with `ops` (a module with `affine_grid` and
+    `grid_sample`: stn_keras, or another revision of it, see `benchmarks.ab`)."""
+
     def forward(images, theta):
-        return grid_sample(images, affine_grid(theta, out_size))
+        return ops.grid_sample(images, ops.affine_grid(theta, out_size))
 
     # The backward passes return the output too, as a training step uses it (for the loss): otherwise
     # XLA would drop the forward pass's own work, which PyTorch's timings include.
@@ -29,7 +32,7 @@ def _functions(out_size):
 
 def build(case, inputs, task):
     """Contenders `ours-eager`, `ours-graph` and `ours-xla` for any task."""
-    fn = _functions(case.out_size)[task]
+    fn = task_functions(case.out_size)[task]
     tensors = {name: tf.constant(value) for name, value in inputs.items()}
     args = (tensors["images"], tensors["theta"])
     if task != "forward":
