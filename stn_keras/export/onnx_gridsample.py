@@ -67,10 +67,6 @@ class SamplerBoundary:
     theta: str | None = None
     affine_align_corners: bool | None = None
 
-    def tensors(self):
-        """The boundary tensors to keep as graph outputs through the conversion."""
-        return [t for t in (self.images, self.grid, self.output, self.theta) if t is not None]
-
 
 def _source(tensor):
     """The tensor behind `tensor`'s chain of identities: what tf2onnx keeps (it drops `Identity` and
