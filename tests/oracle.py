@@ -47,15 +47,17 @@ def _affine_grid_session(align_corners):
 
 
 def grid_sample(images, grid, interpolation, padding_mode, align_corners):
-    """PyTorch-semantics grid sampling of NHWC `images` `(B, H, W, C)` at `grid` `(B, Ho, Wo, 2)`, float64."""
+    """PyTorch-semantics grid sampling, float64: channels-last `images` `(B, H, W, C)` at `grid`
+    `(B, Ho, Wo, 2)`, or volumes `(B, D, H, W, C)` at `(B, Do, Ho, Wo, 3)` (5-D GridSample)."""
     session = _grid_sample_session(interpolation, padding_mode, align_corners)
-    nchw = np.ascontiguousarray(np.asarray(images, np.float64).transpose(0, 3, 1, 2))
-    (out,) = session.run(None, {"X": nchw, "G": np.asarray(grid, np.float64)})
-    return out.transpose(0, 2, 3, 1)
+    channels_first = np.ascontiguousarray(np.moveaxis(np.asarray(images, np.float64), -1, 1))
+    (out,) = session.run(None, {"X": channels_first, "G": np.asarray(grid, np.float64)})
+    return np.moveaxis(out, 1, -1)
 
 
 def affine_grid(theta, size, align_corners):
-    """PyTorch-semantics affine grid `(B, H, W, 2)` of `theta` `(B, 2, 3)` for `size = (H, W)`, float64."""
+    """PyTorch-semantics affine grid, float64: `(B, H, W, 2)` of `theta` `(B, 2, 3)` for
+    `size = (H, W)`, or `(B, D, H, W, 3)` of `(B, 3, 4)` for `(D, H, W)`."""
     theta = np.asarray(theta, np.float64)
     shape = np.array([theta.shape[0], 1, *size], np.int64)
     (out,) = _affine_grid_session(align_corners).run(None, {"T": theta, "S": shape})

@@ -4,6 +4,9 @@ Normalised coordinates follow PyTorch's ``F.affine_grid`` / ``F.grid_sample``:
 
 * A sampling grid has shape ``(B, H_out, W_out, 2)`` and its last axis is ``(x, y)``: ``x`` runs along
   the width, ``y`` along the height, both in ``[-1, 1]``.
+* A volume's grid has shape ``(B, D_out, H_out, W_out, 3)`` and its last axis is ``(x, y, z)``: ``z``
+  runs along the depth. The coordinates come in the reverse order of the array axes, as in PyTorch's
+  5-D ``grid_sample`` (whose input is NCDHW).
 * ``align_corners=True``: -1 and 1 are the *centres* of the corner pixels, so pixel ``i`` of an axis of
   size ``n`` sits at ``-1 + 2 i / (n - 1)``.
 * ``align_corners=False``: -1 and 1 are the outer *edges* of the corner pixels, so pixel ``i`` sits at
@@ -56,21 +59,20 @@ def linspace_normalized(size, align_corners, dtype=tf.float32):
 
 
 def base_grid(size, align_corners, dtype=tf.float32):
-    """Homogeneous normalised coordinates of every output pixel.
+    """Homogeneous normalised coordinates of every output pixel (or voxel).
 
     Args:
-        size: `(H, W)` of the output, Python ints or scalar integer tensors.
+        size: `(H, W)` of an image or `(D, H, W)` of a volume, Python ints or scalar integer tensors.
         align_corners: see the module docstring.
         dtype: floating dtype of the result. Defaults to `tf.float32`.
 
     Returns:
-        An `(H, W, 3)` tensor whose last axis is `(x, y, 1)`.
+        An `(H, W, 3)` tensor whose last axis is `(x, y, 1)`, or `(D, H, W, 4)` with `(x, y, z, 1)`:
+        the coordinates in the grid's order, the reverse of the array axes'.
     """
-    height, width = size
-    ys = linspace_normalized(height, align_corners, dtype)  # H
-    xs = linspace_normalized(width, align_corners, dtype)  # W
-    y, x = tf.meshgrid(ys, xs, indexing="ij")  # HxW each
-    return tf.stack([x, y, tf.ones_like(x)], axis=-1)  # HxWx3
+    axes = [linspace_normalized(n, align_corners, dtype) for n in size]  # array order: (D,) H, W
+    mesh = tf.meshgrid(*axes, indexing="ij")  # size each
+    return tf.stack([*reversed(mesh), tf.ones_like(mesh[0])], axis=-1)  # size x (N + 1)
 
 
 def unnormalize(coord, size, align_corners):

@@ -47,10 +47,20 @@ def check_params(x, name, trailing, layout):
     return x
 
 
-def output_positions(size, align_corners, dtype):
-    """Check `size` and `align_corners`; return the output pixels' `(x, y, 1)`, `(H, W, 3)`."""
+def output_positions(size, align_corners, dtype, dims=(2,)):
+    """Check `size` and `align_corners`; return the output pixels' homogeneous positions.
+
+    Args:
+        size: the output size, `(H_out, W_out)` or, if `dims` allows it, `(D_out, H_out, W_out)`.
+        align_corners: see `stn_keras.ops.coordinates`.
+        dtype: floating dtype of the result.
+        dims: the accepted numbers of spatial axes (see `check_size`). Defaults to `(2,)`.
+
+    Returns:
+        `(H, W, 3)` holding `(x, y, 1)`, or `(D, H, W, 4)` holding `(x, y, z, 1)`.
+    """
     check_bool("align_corners", align_corners)
-    return coordinates.base_grid(check_size(size), align_corners, dtype)
+    return coordinates.base_grid(check_size(size, dims=dims), align_corners, dtype)
 
 
 def transform_points(points, matrices):
@@ -93,46 +103,52 @@ def _transform_flat_points(points, matrices):
 
 
 def map_output_positions(matrices, size, align_corners):
-    """Apply a batch of linear maps to the homogeneous positions `(x, y, 1)` of every output pixel.
+    """Apply a batch of linear maps to the homogeneous positions of every output pixel or voxel.
 
-    `out[b, h, w, j] = matrices[b, j, 0] * x_w + matrices[b, j, 1] * y_h + matrices[b, j, 2]`: the
-    grid of an affine map (J = 2) or the homogeneous grid of a projective one (J = 3). It is a
-    broadcast product summed over the 3 terms, in full precision on every device (a matmul would
-    run in TF32 on recent NVIDIA GPUs and move points by a quarter of a pixel on 256-pixel images).
+    For an image, `out[b, h, w, j] = matrices[b, j, 0] * x_w + matrices[b, j, 1] * y_h +
+    matrices[b, j, 2]`: the grid of an affine map (J = 2) or the homogeneous grid of a projective one
+    (J = 3); a volume adds `matrices[b, j, 2] * z_d` and its matrices are `(B, J, 4)`. It is a
+    broadcast product summed over the terms, in full precision on every device (a matmul would run
+    in TF32 on recent NVIDIA GPUs and move points by a quarter of a pixel on 256-pixel images).
 
     The gradient w.r.t. `matrices` is written out. The positions are separable (`x` depends on the
-    column only, `y` on the row only), so it is one matmul of the output gradient, read in its own
-    layout as `(B * H, W * J)`, against a small `(W * J, 2 * J)` matrix of column positions, and a
-    reduction over the rows. Autodiff would reduce over every pixel serially (1.7 ms for an
-    `(8, 224, 224)` grid on a CPU), and a plain matmul over the pixels would first transpose the
-    gradient, which XLA fuses into the sampler's backward loop and stops vectorising. On a GPU with
-    TF32 enabled this gradient is rounded as every `Dense` layer's gradient is; the grid itself
-    never is.
+    column only, `y` on the row only, `z` on the slice only), so it is one matmul of the output
+    gradient, read in its own layout as `(B * [D *] H, W * J)`, against a small `(W * J, 2 * J)`
+    matrix of column positions, and a reduction over the other axes. Autodiff would reduce over
+    every pixel serially (1.7 ms for an `(8, 224, 224)` grid on a CPU), and a plain matmul over the
+    pixels would first transpose the gradient, which XLA fuses into the sampler's backward loop and
+    stops vectorising. On a GPU with TF32 enabled this gradient is rounded as every `Dense` layer's
+    gradient is; the grid itself never is.
 
     Args:
-        matrices: float tensor `(B, J, 3)`, in the compute dtype.
-        size: `(H_out, W_out)`, Python ints or scalar integer tensors (may be dynamic).
+        matrices: float tensor `(B, J, N + 1)` for N spatial axes (2 or 3), in the compute dtype.
+        size: the output size, N Python ints or scalar integer tensors (may be dynamic):
+            `(H_out, W_out)`, or `(D_out, H_out, W_out)` when N is 3.
         align_corners: see `stn_keras.ops.coordinates`.
 
     Returns:
-        `(B, H_out, W_out, J)` in `matrices`' dtype.
+        `(B, H_out, W_out, J)` or `(B, D_out, H_out, W_out, J)` in `matrices`' dtype.
 
     Raises:
-        ValueError: if `size` is not a pair of positive sizes or `align_corners` is not a bool.
+        ValueError: if `size` does not hold N positive sizes or `align_corners` is not a bool.
     """
-    height, width = check_size(size)
+    spatial = matrices.shape[-1] - 1
+    size = check_size(size, dims=(spatial,))
     dtype = matrices.dtype
-    positions = output_positions((height, width), align_corners, dtype)  # HxWx3
-    xs, ys = positions[0, :, 0], positions[:, 0, 1]  # W, H
+    positions = output_positions(size, align_corners, dtype, dims=(spatial,))  # size x (N+1)
+    # Each axis's normalised positions, in array order ((D,) H, W): the last is x.
+    axes = [coordinates.linspace_normalized(n, align_corners, dtype) for n in size]
+    width = size[-1]
+    expand = (None,) * spatial  # the output's spatial axes, for broadcasting
 
     @tf.custom_gradient
     def apply(matrices):
-        # A reduction over the 3 terms rather than their sum: XLA then writes the grid to memory
+        # A reduction over the terms rather than their sum: XLA then writes the grid to memory
         # once, instead of recomputing it inside every loop that reads it, which stops those loops
         # (the sampler's) from being vectorised.
         out = tf.reduce_sum(
-            positions[None, :, :, None, :] * matrices[:, None, None], axis=-1
-        )  # BxHxWxJ
+            positions[None, ..., None, :] * matrices[(slice(None), *expand)], axis=-1
+        )  # B x size x J
 
         def grad(upstream):
             joints = matrices.shape[1]
@@ -142,54 +158,113 @@ def map_output_positions(matrices, size, align_corners):
             # whole backward pass) from being vectorised: 2x slower.
             eye = tf.eye(joints, dtype=dtype)
             upstream = tf.matmul(tf.reshape(upstream, [-1, joints]), eye)  # (B*H*W)xJ
-            # column_sums[(b, h), (j, t)] = sum_w upstream[b, h, w, j] * (x_w, 1)[t]
-            per_column = tf.stack([xs, tf.ones_like(xs)], axis=-1)  # Wx2
+            # column_sums[(b, [d,] h), (j, t)] = sum_w upstream[b, [d,] h, w, j] * (x_w, 1)[t]
+            per_column = tf.stack([axes[-1], tf.ones_like(axes[-1])], axis=-1)  # Wx2
             weights = per_column[:, None, None, :] * eye[None, :, :, None]  # WxJxJx2
             column_sums = tf.matmul(
-                tf.reshape(upstream, [-1, width * joints]),  # (B*H)x(W*J)
+                tf.reshape(upstream, [-1, width * joints]),  # (B*[D*]H)x(W*J)
                 tf.reshape(weights, [width * joints, joints * 2]),
             )
-            column_sums = tf.reshape(column_sums, [-1, height, joints, 2])  # BxHxJx2
-            d_x = tf.reduce_sum(column_sums[..., 0], axis=1)  # BxJ
-            d_y = tf.reduce_sum(column_sums[..., 1] * ys[None, :, None], axis=1)
-            d_1 = tf.reduce_sum(column_sums[..., 1], axis=1)
-            return tf.stack([d_x, d_y, d_1], axis=-1)  # BxJx3
+            column_sums = tf.reshape(column_sums, [-1, *size[:-1], joints, 2])  # Bx[D]xHxJx2
+            rows = tuple(range(1, spatial))  # the spatial axes left: ([D,] H)
+            d_x = tf.reduce_sum(column_sums[..., 0], axis=rows)  # BxJ
+            d_other = []  # d_y, then d_z: the array's axes from the last but one back
+            for axis in reversed(range(spatial - 1)):
+                shape = [1] * spatial + [1]  # B x ([D,] H) x J
+                shape[1 + axis] = -1
+                coord = tf.reshape(axes[axis], shape)
+                d_other.append(tf.reduce_sum(column_sums[..., 1] * coord, axis=rows))
+            d_1 = tf.reduce_sum(column_sums[..., 1], axis=rows)
+            return tf.stack([d_x, *d_other, d_1], axis=-1)  # BxJx(N+1)
 
         return out, grad
 
     return apply(matrices)
 
 
-def affine_grid(theta, size, align_corners=False):
-    """Sampling grid of a batch of 2-D affine transforms, exactly as `torch.nn.functional.affine_grid`.
+def spatial_dims(params, name, layouts, size):
+    """The number of spatial axes a grid generator builds: 2 (image) or 3 (volume).
 
-    Output pixel `(i, j)` with normalised position `(x_j, y_i)` samples the input at
-    `theta[b] @ (x_j, y_i, 1)`. The identity `[[1, 0, 0], [0, 1, 0]]` reproduces the input.
+    Read from the parameters' static shape; when it is unknown, from the number of entries of
+    `size` (which the generator then checks against it).
 
     Args:
-        theta: float tensor `(B, 2, 3)`: maps output coordinates to input coordinates, both normalised.
-        size: `(H_out, W_out)`, Python ints or scalar integer tensors (may be dynamic).
+        params: the parameters, a tensor.
+        name: the parameters' argument name, for the message.
+        layouts: `{spatial axes: trailing parameter shape}`, e.g. `{2: (2, 3), 3: (3, 4)}`.
+        size: the `size` argument as received.
+
+    Returns:
+        A key of `layouts`.
+
+    Raises:
+        ValueError: if the parameters fit no layout (naming their shape), or their shape is unknown
+            and `size` has no accepted number of entries. A size whose length is unknown too stands
+            for an image's.
+    """
+    shape = tf.TensorShape(params.shape)
+    fits = [n for n, trailing in layouts.items() if shape.is_compatible_with((None, *trailing))]
+    if not fits:
+        expected = " or ".join(f"(B, {', '.join(map(str, t))})" for t in layouts.values())
+        raise ValueError(
+            f"Argument `{name}` must have shape {expected}. Received: {name}.shape={shape}"
+        )
+    if len(fits) > 1:  # unknown trailing sizes: the output size decides, images when it cannot
+        if isinstance(size, tf.Tensor | tf.Variable):
+            length = size.shape[0] if size.shape.rank == 1 else -1
+        else:
+            length = len(check_size(size, dims=tuple(fits)))
+        if length is not None and length not in fits:
+            check_size(size, dims=tuple(fits))  # raises, naming `size`
+        return fits[0] if length is None else length
+    return fits[0]
+
+
+def affine_grid(theta, size, align_corners=False):
+    """Sampling grid of a batch of affine transforms, exactly as `torch.nn.functional.affine_grid`.
+
+    Images: output pixel `(i, j)` with normalised position `(x_j, y_i)` samples the input at
+    `theta[b] @ (x_j, y_i, 1)`; the identity is `[[1, 0, 0], [0, 1, 0]]`. Volumes (PyTorch's 5-D
+    `affine_grid`): output voxel `(k, i, j)` samples the input at `theta[b] @ (x_j, y_i, z_k, 1)`
+    with a `(3, 4)` theta, identity `[[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]]`. The identity
+    reproduces the input.
+
+    Args:
+        theta: float tensor `(B, 2, 3)` for images or `(B, 3, 4)` for volumes: maps output
+            coordinates to input coordinates, both normalised, rows and columns in `(x, y[, z])`
+            order.
+        size: `(H_out, W_out)` for images, `(D_out, H_out, W_out)` for volumes: Python ints or
+            scalar integer tensors (may be dynamic).
         align_corners: see `stn_keras.ops.coordinates`. Defaults to `False`.
 
     Returns:
-        The grid, `(B, H_out, W_out, 2)` with last axis `(x, y)`, in `theta`'s dtype. The arithmetic runs
-        in at least float32.
+        The grid, `(B, H_out, W_out, 2)` with last axis `(x, y)`, or `(B, D_out, H_out, W_out, 3)`
+        with last axis `(x, y, z)`, in `theta`'s dtype. The arithmetic runs in at least float32.
 
     Raises:
-        ValueError: if `theta` is not `(B, 2, 3)` or `size` is not a pair of positive sizes.
+        ValueError: if `theta` is neither `(B, 2, 3)` nor `(B, 3, 4)`, or `size` does not hold
+            positive sizes for each of theta's spatial axes.
 
     Example:
         >>> theta = tf.constant([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
         >>> affine_grid(theta, (2, 3)).shape
         TensorShape([1, 2, 3, 2])
+        >>> theta = tf.constant([[[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0]]])
+        >>> affine_grid(theta, (4, 2, 3)).shape
+        TensorShape([1, 4, 2, 3, 3])
     """
-    theta = check_params(theta, "theta", (2, 3), "(B, 2, 3)")
+    theta = tf.convert_to_tensor(theta)
+    spatial = spatial_dims(theta, "theta", {2: (2, 3), 3: (3, 4)}, size)
+    theta = check_params(theta, "theta", (spatial, spatial + 1), f"(B, {spatial}, {spatial + 1})")
+    if not theta.shape[1:].is_fully_defined():  # traced without its shape: give it the layout
+        theta = tf.reshape(theta, [-1, spatial, spatial + 1])
+    size = check_size(size, dims=(spatial,))
     check_bool("align_corners", align_corners)
     # The scope and the marked theta and grid tell the ONNX exporter an AffineGrid (`recording`).
     with tf.name_scope(recording.affine_grid_scope(align_corners)):
         theta = recording.mark(theta, "theta")
         dtype = coordinates.compute_dtype(theta.dtype)
-        grid = map_output_positions(tf.cast(theta, dtype), size, align_corners)  # BxHxWx2
+        grid = map_output_positions(tf.cast(theta, dtype), size, align_corners)  # Bx[D]xHxWxN
         return recording.mark(tf.cast(grid, theta.dtype), "grid")
 
 
@@ -199,31 +274,38 @@ def attention_grid(params, size, align_corners=False):
     The constrained transform the paper uses for attention (SVHN, CUB): output position `(x, y)`
     samples the input at `(s x + t_x, s y + t_y)`, i.e. the affine transform
     `[[s, 0, t_x], [0, s, t_y]]`. A scale `s < 1` zooms in on a window of `s` times the input's
-    extent centred on `(t_x, t_y)`. The identity is `(1, 0, 0)`.
+    extent centred on `(t_x, t_y)`. The identity is `(1, 0, 0)`. A volume's transform adds `t_z`:
+    `(x, y, z)` samples `(s x + t_x, s y + t_y, s z + t_z)`, identity `(1, 0, 0, 0)`.
 
     Args:
-        params: float tensor `(B, 3)`, each row `(s, t_x, t_y)` in normalised units.
-        size: `(H_out, W_out)`, Python ints or scalar integer tensors (may be dynamic).
+        params: float tensor `(B, 3)`, each row `(s, t_x, t_y)` in normalised units, or `(B, 4)`,
+            each row `(s, t_x, t_y, t_z)`, for volumes.
+        size: `(H_out, W_out)`, or `(D_out, H_out, W_out)` for volumes: Python ints or scalar
+            integer tensors (may be dynamic).
         align_corners: see `stn_keras.ops.coordinates`. Defaults to `False`.
 
     Returns:
-        The grid, `(B, H_out, W_out, 2)` with last axis `(x, y)`, in `params`' dtype. The
-        arithmetic runs in at least float32.
+        The grid, `(B, H_out, W_out, 2)` with last axis `(x, y)` or `(B, D_out, H_out, W_out, 3)`
+        with last axis `(x, y, z)`, in `params`' dtype. The arithmetic runs in at least float32.
 
     Raises:
-        ValueError: if `params` is not `(B, 3)` or `size` is not a pair of positive sizes.
+        ValueError: if `params` is neither `(B, 3)` nor `(B, 4)`, or `size` does not hold positive
+            sizes for each of the transform's spatial axes.
 
     Example:
         >>> params = tf.constant([[0.5, 0.2, -0.1]])  # a half-size window, right of the centre
         >>> attention_grid(params, (4, 4)).shape
         TensorShape([1, 4, 4, 2])
     """
-    params = check_params(params, "params", (3,), "(B, 3)")
+    params = tf.convert_to_tensor(params)
+    spatial = spatial_dims(params, "params", {2: (3,), 3: (4,)}, size)
+    params = check_params(params, "params", (spatial + 1,), f"(B, {spatial + 1})")
     dtype = coordinates.compute_dtype(params.dtype)
-    xy = output_positions(size, align_corners, dtype)[..., :2]  # HxWx2
-    scale = tf.cast(params[:, None, None, 0:1], dtype)  # Bx1x1x1
-    shift = tf.cast(params[:, None, None, 1:3], dtype)  # Bx1x1x2
-    return tf.cast(scale * xy + shift, params.dtype)  # BxHxWx2
+    positions = output_positions(size, align_corners, dtype, dims=(spatial,))[..., :spatial]
+    expand = (slice(None),) + (None,) * spatial  # B x (1,) * N
+    scale = tf.cast(params[(*expand, slice(0, 1))], dtype)  # Bx1x..x1
+    shift = tf.cast(params[(*expand, slice(1, None))], dtype)  # Bx1x..xN
+    return tf.cast(scale * positions + shift, params.dtype)  # B x size x N
 
 
 def projective_grid(homography, size, align_corners=False):

@@ -2,22 +2,28 @@
 
 An interpolation mode is separable: along each axis it turns a pixel coordinate into a few integer tap
 positions, their weights and the weights' slopes (nearest: 1 tap, bilinear: 2, bicubic: 4). The sampler
-takes the outer product of the y and x taps, turns each tap into a flat row index of the
-`(B * H * W, C)` image matrix, gathers each tap's rows with `tf.gather` and sums them with their
-weights. Taps outside the image are clamped to a valid index and then selected away ("clamp, then
-mask"; a select, since 0 * NaN is NaN and images may hold NaN), so the gather never sees an
-out-of-range index: runtimes disagree on what that means (TF's CPU kernel
-raises, ONNX wraps negative indices, TFLite aborts) and the exporters carry this code into all of them.
+takes the outer product of the y and x taps (of the z, y and x taps for a volume: one implementation
+for both ranks), turns each tap into a flat row index of the `(B * H * W, C)` image matrix, gathers
+each tap's rows with `tf.gather` and sums them with their weights. Taps outside the image are clamped
+to a valid index and then selected away ("clamp, then mask"; a select, since 0 * NaN is NaN and
+images may hold NaN), so the gather never sees an out-of-range index: runtimes disagree on what that
+means (TF's CPU kernel raises, ONNX wraps negative indices, TFLite aborts) and the exporters carry
+this code into all of them.
 
 Speed (see `benchmarks/`; measured per XLA loop with the profiler): one gather per tap, summed, lets
 XLA compute a pixel's tap arithmetic once for all its taps. The backward pass is written out
 (`_interpolate`) rather than left to autodiff, and shaped around what made XLA's loops slow: no
 select on the whole gradient (the clamp passes its gradient through, `_sanitize`), no stack of the
-two coordinates' gradients (`_pair`), no reduction over a few channels, and no gathered tensor shared
+coordinates' gradients (`_combine`), no reduction over a few channels, and no gathered tensor shared
 by two loops (XLA would write it out to memory). Few-channel and many-channel images take different
 layouts of the same sums (`_FEW_CHANNELS`), and the image gradient of an odd channel count is
 scattered in rows one channel wider (`_scatter_width`).
 """
+
+import functools
+import itertools
+import math
+import operator
 
 import tensorflow as tf
 
@@ -139,23 +145,26 @@ def _sanitize(grid, finite):
     return sanitized, lambda upstream: (upstream, None)
 
 
-def flat_indices(batch, y, x, height, width):
-    """Row index of pixel `(batch, y, x)` in the images reshaped to `(B * H * W, C)`.
+def flat_indices(batch, positions, sizes):
+    """Row index of pixel (or voxel) `(batch, *positions)` in the images reshaped to `(B * H * W, C)`.
 
     The arithmetic is int64 so that it stays exact when `B * H * W * C` exceeds 2**31.
 
     Args:
-        batch: integer tensor of batch indices, broadcastable against `y` and `x`.
-        y, x: integer tensors of pixel rows and columns (already inside the image).
-        height, width: the input's `H` and `W` (Python ints or scalar integer tensors).
+        batch: integer tensor of batch indices, broadcastable against the positions.
+        positions: integer tensors of positions along each spatial axis, in array order: `(y, x)`
+            for an image, `(z, y, x)` for a volume (already inside it).
+        sizes: the input's spatial sizes in the same order, `(H, W)` or `(D, H, W)` (Python ints or
+            scalar integer tensors).
 
     Returns:
-        An int64 tensor of the broadcast shape: `(batch * H + y) * W + x`.
+        An int64 tensor of the broadcast shape: `(batch * H + y) * W + x` for an image,
+        `((batch * D + z) * H + y) * W + x` for a volume.
     """
-    height = tf.cast(height, tf.int64)
-    width = tf.cast(width, tf.int64)
-    batch, y, x = (tf.cast(v, tf.int64) for v in (batch, y, x))
-    return (batch * height + y) * width + x
+    row = tf.cast(batch, tf.int64)
+    for position, size in zip(positions, sizes, strict=True):
+        row = row * tf.cast(size, tf.int64) + tf.cast(position, tf.int64)
+    return row
 
 
 def _select(valid, values):
@@ -216,32 +225,38 @@ def grid_sample(images, grid, interpolation="bilinear", padding_mode="zeros", al
     """Sample `images` at the normalised positions of `grid`, exactly as `torch.nn.functional.grid_sample`.
 
     Channels-last: the result equals PyTorch's `F.grid_sample` on the NCHW transpose of `images` with
-    `mode=interpolation`, transposed back. Differentiable w.r.t. `images` and `grid` with PyTorch's
-    gradient conventions (nearest interpolation has a zero gradient w.r.t. the grid). Runs eagerly, in
-    `tf.function` and under XLA (`jit_compile=True`), with dynamic batch and spatial sizes.
+    `mode=interpolation`, transposed back. Volumes work the same way with one more axis: `images`
+    `(B, D, H, W, C)` and a grid `(B, D_out, H_out, W_out, 3)` whose last axis is `(x, y, z)` (x along
+    W, z along D), as PyTorch's 5-D `grid_sample` on the NCDHW transpose (`"bilinear"` is trilinear
+    there). Differentiable w.r.t. `images` and `grid` with PyTorch's gradient conventions (nearest
+    interpolation has a zero gradient w.r.t. the grid). Runs eagerly, in `tf.function` and under XLA
+    (`jit_compile=True`), with dynamic batch and spatial sizes.
 
     Robustness: a grid point with a NaN or infinite coordinate reads as outside the image and yields 0
     whatever the padding mode; finite far-out points follow the padding mode (0 for `"zeros"`). Nothing
     one sample's grid holds can change another sample's output.
 
     Args:
-        images: float tensor `(B, H, W, C)` (float16, bfloat16, float32 or float64).
-        grid: float tensor `(B, H_out, W_out, 2)`, last axis `(x, y)` normalised to [-1, 1] (see
-            `stn_keras.ops.coordinates`).
-        interpolation: one of `"bilinear"`, `"nearest"` (ties to even) or `"bicubic"` (Keys, A=-0.75).
-            Defaults to `"bilinear"`.
+        images: float tensor `(B, H, W, C)` or, for volumes, `(B, D, H, W, C)` (float16, bfloat16,
+            float32 or float64).
+        grid: float tensor `(B, H_out, W_out, 2)`, last axis `(x, y)`, or `(B, D_out, H_out, W_out, 3)`,
+            last axis `(x, y, z)`, normalised to [-1, 1] (see `stn_keras.ops.coordinates`).
+        interpolation: one of `"bilinear"`, `"nearest"` (ties to even) or `"bicubic"` (Keys, A=-0.75;
+            images only, as in PyTorch and ONNX). Defaults to `"bilinear"`.
         padding_mode: what is read outside the image: `"zeros"`, `"border"` (the nearest edge pixel) or
             `"reflection"` (mirrored at the borders). Defaults to `"zeros"`.
         align_corners: whether -1 and 1 are the centres (`True`) or the outer edges (`False`) of the corner
             pixels. Defaults to `False`.
 
     Returns:
-        `(B, H_out, W_out, C)` in `images`' dtype. Coordinates and weights are computed in float32, or in
-        float64 when `images` or `grid` is float64.
+        `(B, H_out, W_out, C)` or `(B, D_out, H_out, W_out, C)` in `images`' dtype. Coordinates and
+        weights are computed in float32, or in float64 when `images` or `grid` is float64.
 
     Raises:
-        ValueError: if `images` is not rank 4, `grid` is not rank 4 with a last axis of 2, the batch sizes
-            differ, or `interpolation` / `padding_mode` / `align_corners` is not a valid value.
+        ValueError: if `images` is neither rank 4 nor rank 5, `grid` does not have the same rank with a
+            last axis of 2 (images) or 3 (volumes), the batch sizes differ, `interpolation` is
+            `"bicubic"` on a volume, or `interpolation` / `padding_mode` / `align_corners` is not a
+            valid value.
 
     Example:
         >>> images = tf.random.uniform((2, 32, 32, 3))
@@ -258,39 +273,71 @@ def grid_sample(images, grid, interpolation="bilinear", padding_mode="zeros", al
         return _grid_sample(images, grid, interpolation, padding_mode, align_corners)
 
 
-def _grid_sample(images, grid, interpolation, padding_mode, align_corners):
-    """The body of `grid_sample`, run inside its recorded name scope."""
-    images = tf.convert_to_tensor(images)
-    grid = tf.convert_to_tensor(grid)
-    check_rank(images, "images", 4, "(B, H, W, C)")
-    check_rank(grid, "grid", 4, "(B, H_out, W_out, 2)")
-    if grid.shape[-1] not in (2, None):
+# The layouts of the sampler's arguments by rank: images, then volumes.
+_LAYOUTS = {
+    4: ("(B, H, W, C)", "(B, H_out, W_out, 2)"),
+    5: ("(B, D, H, W, C)", "(B, D_out, H_out, W_out, 3)"),
+}
+
+
+def _check_arguments(images, grid, interpolation):
+    """Raise `ValueError` naming the shape or dtype unless `images` and `grid` fit each other.
+
+    Returns:
+        The number of spatial axes, 2 or 3.
+    """
+    rank = tf.TensorShape(images.shape).rank
+    if rank not in _LAYOUTS:
         raise ValueError(
-            "Argument `grid` must have a last axis of size 2 holding (x, y). "
-            f"Received: grid.shape={tf.TensorShape(grid.shape)}"
+            "Argument `images` must be a rank-4 tensor of shape (B, H, W, C) or a rank-5 tensor of "
+            f"shape (B, D, H, W, C). Received: images.shape={tf.TensorShape(images.shape)}"
+        )
+    images_layout, grid_layout = _LAYOUTS[rank]
+    spatial = rank - 2
+    check_rank(grid, "grid", rank, f"{grid_layout} for images {images_layout}")
+    if grid.shape[-1] not in (spatial, None):
+        coords = ("x", "y", "z")[:spatial]
+        raise ValueError(
+            f"Argument `grid` must have a last axis of size {spatial} holding ({', '.join(coords)}) "
+            f"for images {images_layout}. Received: grid.shape={tf.TensorShape(grid.shape)}, "
+            f"images.shape={tf.TensorShape(images.shape)}"
         )
     if not images.dtype.is_floating or not grid.dtype.is_floating:
         raise ValueError(
             "Arguments `images` and `grid` must be floating. "
             f"Received: images.dtype={images.dtype.name}, grid.dtype={grid.dtype.name}"
         )
+    if interpolation == "bicubic" and spatial == 3:
+        raise ValueError(
+            "Bicubic interpolation samples images only (as in PyTorch and ONNX); volumes take "
+            "`interpolation='bilinear'` (trilinear) or `'nearest'`. "
+            f"Received: images.shape={tf.TensorShape(images.shape)}"
+        )
     check_same_batch(images, "images", grid, "grid")
+    return spatial
+
+
+def _grid_sample(images, grid, interpolation, padding_mode, align_corners):
+    """The body of `grid_sample`, run inside its recorded name scope."""
+    images = tf.convert_to_tensor(images)
+    grid = tf.convert_to_tensor(grid)
+    spatial = _check_arguments(images, grid, interpolation)
     images = recording.mark(images, "images")
     grid = recording.mark(grid, "grid")
 
     dtype = coordinates.compute_dtype(images.dtype, grid.dtype)
-    height, width = (coordinates.dim(images, axis) for axis in (1, 2))
     grid = tf.cast(grid, dtype)
 
     # A non-finite point reads as outside the image; finite ones are clamped so pixel maths stays finite.
-    finite = tf.reduce_all(tf.math.is_finite(grid), axis=-1)  # BxHoxWo
+    finite = tf.reduce_all(tf.math.is_finite(grid), axis=-1)  # B x out
     # Coordinates the clamp leaves alone (False for NaN): the only ones with a nonzero slope.
-    movable = finite[..., None] & (tf.abs(grid) <= _COORD_LIMIT)  # BxHoxWox2
+    movable = finite[..., None] & (tf.abs(grid) <= _COORD_LIMIT)  # B x out x N
     grid = _sanitize(grid, finite)
-    # Both axes at once, elementwise against the sizes (x, y): slicing the grid into x and y here would
-    # make its gradient a padded concatenation, which XLA compiles to branchy, unvectorised code.
-    sizes = tf.stack([width, height])  # 2
-    pixels = coordinates.unnormalize(grid, sizes, align_corners)  # BxHoxWox2
+    # All axes at once, elementwise against the sizes in the grid's order (x, y[, z]): slicing the
+    # grid per axis here would make its gradient a padded concatenation, which XLA compiles to
+    # branchy, unvectorised code.
+    sizes = tf.stack([coordinates.dim(images, spatial - k) for k in range(spatial)])  # W, H[, D]
+    pixels = coordinates.unnormalize(grid, sizes, align_corners)  # B x out x N
     kernel, pad_taps = _KERNELS[interpolation]
     if not pad_taps:
         pixels = coordinates.apply_padding(pixels, sizes, padding_mode, align_corners)
@@ -318,55 +365,80 @@ def _grid_sample(images, grid, interpolation, padding_mode, align_corners):
 _FEW_CHANNELS = 4
 
 
+def _product(factors):
+    """The product of a non-empty list of tensors, left to right."""
+    return functools.reduce(operator.mul, factors)
+
+
+def _all(conditions):
+    """The logical and of a non-empty list of bool tensors, left to right."""
+    return functools.reduce(operator.and_, conditions)
+
+
 def _interpolate(images, pixels, finite, movable, axis_taps, constant_weights):
     """Sum the taps around pixel coordinates `pixels`, with an exact custom gradient.
 
-    The forward pass gathers each tap's rows of the `(B * H * W, C)` image matrix with one `tf.gather`
-    per tap and accumulates them with their weights. The backward pass is written out rather than left to
+    A tap is one tap position per spatial axis (the outer product of the axes' taps: 4 for bilinear
+    images, 8 for trilinear volumes). The forward pass gathers each tap's rows of the
+    `(B * H * W, C)` image matrix with one `tf.gather` per tap and accumulates them with their
+    weights, the product of the axes' weights. The backward pass is written out rather than left to
     autodiff, which would keep every intermediate of the tap arithmetic and route the grid's gradient
     through a dozen tensors the size of the output: the image gradient scatters the output gradient
     times each tap's weight back to the tap's row; the gradient w.r.t. `x` is the output gradient
-    dotted with the taps' values times the y weight and the x weight's slope (and symmetrically for
-    `y`). These are autodiff's own numbers, in PyTorch's conventions: a tap outside the image has weight
-    and slope 0, and nearest interpolation has a zero gradient w.r.t. the coordinates.
+    dotted with the taps' values times the x weight's slope and the other axes' weights (and
+    symmetrically for `y` and `z`). These are autodiff's own numbers, in PyTorch's conventions: a tap
+    outside the image has weight and slope 0, and nearest interpolation has a zero gradient w.r.t.
+    the coordinates.
 
     Args:
-        images: `(B, H, W, C)`.
-        pixels: finite pixel coordinates `(B, H_out, W_out, 2)`, last axis `(x, y)`, in the compute
-            dtype.
-        finite: bool `(B, H_out, W_out)`, whether the grid point was finite: a point that was not
-            reads no tap at all.
-        movable: `(B, H_out, W_out, 2)`, 1 where the coordinate was finite and not clamped, else 0:
-            the weights' slopes are zeroed elsewhere, which makes the gradient exact through
-            `_sanitize`.
-        axis_taps: `(pixel, size) -> (indices, weights, slopes)`, see `_axis_taps`.
+        images: `(B, H, W, C)` or `(B, D, H, W, C)`.
+        pixels: finite pixel coordinates `(B, *out, N)`, last axis `(x, y[, z])`, in the compute
+            dtype; `out` is the output's N spatial sizes.
+        finite: bool `(B, *out)`, whether the grid point was finite: a point that was not reads no
+            tap at all.
+        movable: `(B, *out, N)`, 1 where the coordinate was finite and not clamped, else 0: the
+            weights' slopes are zeroed elsewhere, which makes the gradient exact through `_sanitize`.
+        axis_taps: `(pixel, size) -> (indices, weights, slopes, inside)`, see `_axis_taps`.
         constant_weights: whether every slope is 0 (nearest interpolation).
 
     Returns:
-        `(B, H_out, W_out, C)` in the compute dtype.
+        `(B, *out, C)` in the compute dtype.
     """
-    height, width, channels = (coordinates.dim(images, axis) for axis in (1, 2, 3))
+    spatial = images.shape.rank - 2
+    in_size = tuple(coordinates.dim(images, axis) for axis in range(1, spatial + 1))  # [D,] H, W
+    channels = coordinates.dim(images, -1)
     dtype = pixels.dtype
 
     @tf.custom_gradient
     def interpolate(images, pixels):
-        flat = tf.reshape(images, [-1, channels])  # (B*H*W)xC
-        ix, wx, sx, inside_x = axis_taps(pixels[..., 0], width)  # T x (BxHoxWo) each
-        iy, wy, sy, inside_y = axis_taps(pixels[..., 1], height)
-        sx = [s * movable[..., 0] for s in sx]
-        sy = [s * movable[..., 1] for s in sy]
-        batch = _batch_indices(images, pixels)[:, None, None]  # Bx1x1
-        taps = [(i, j) for i in range(len(iy)) for j in range(len(ix))]  # (y tap, x tap)
-        rows = [flat_indices(batch, iy[i], ix[j], height, width) for i, j in taps]  # BxHoxWo each
-        # Whether each tap is read at all, BxHoxWox1: selected, never multiplied by 0 (0 * NaN).
-        valid = [(inside_y[i] & inside_x[j] & finite)[..., None] for i, j in taps]
+        flat = tf.reshape(images, [-1, channels])  # (B*[D*]H*W)xC
+        # Per array axis ([z,] y, x): T tap indices, weights, slopes and insides, each B x out.
+        # Component k of the grid's (x, y[, z]) runs along array axis N - 1 - k.
+        indices, weights, slopes, inside = zip(
+            *(axis_taps(pixels[..., spatial - 1 - axis], in_size[axis]) for axis in range(spatial)),
+            strict=True,
+        )
+        slopes = [
+            [s * movable[..., spatial - 1 - axis] for s in slopes[axis]] for axis in range(spatial)
+        ]
+        batch = tf.reshape(_batch_indices(images, pixels), [-1] + [1] * spatial)  # Bx1x..x1
+        # Every tap: one tap position per array axis, the last axis (x) fastest.
+        taps = list(itertools.product(*(range(len(i)) for i in indices)))
+        rows = [
+            flat_indices(batch, [indices[a][t[a]] for a in range(spatial)], in_size) for t in taps
+        ]  # B x out each
+        # Whether each tap is read at all, B x out x 1: selected, never multiplied by 0 (0 * NaN).
+        valid = [
+            _all([inside[a][t[a]] for a in range(spatial)] + [finite])[..., None] for t in taps
+        ]
+        tap_weights = [_product([weights[a][t[a]] for a in range(spatial)]) for t in taps]
         zero_row = isinstance(channels, int) and channels <= _ZERO_ROW_CHANNELS
         table = _with_zero_row(flat) if zero_row else flat  # what the forward pass gathers from
         out = tf.add_n(
             [
                 tf.cast(_read(table, rows[k], valid[k], zero_row), dtype)
-                * tf.expand_dims(wy[i] * wx[j], -1)
-                for k, (i, j) in enumerate(taps)
+                * tf.expand_dims(tap_weights[k], -1)
+                for k in range(len(taps))
             ]
         )
 
@@ -375,28 +447,28 @@ def _interpolate(images, pixels, finite, movable, axis_taps, constant_weights):
             # Each scatter's updates are padded in their own loop: one padded copy of `upstream`
             # shared by all of them makes XLA run the whole backward pass in sequence on one
             # thread (8x224x224x3 on one thread: 27-29 ms, against 17-19 ms).
-            scattered = _scatter_width(channels, (height, width), pixels.shape[1:3])
+            scattered = _scatter_width(channels, in_size, pixels.shape[1:-1])
             few = isinstance(channels, int) and channels <= _FEW_CHANNELS
             if few:
                 # Per tap: each tap's rows, updates and values are plain elementwise loops.
                 d_flat = tf.zeros(tf.stack([tf.shape(flat)[0], scattered]), dtype=dtype)
-                for k, (i, j) in enumerate(taps):
-                    updates = _select(valid[k], upstream * tf.expand_dims(wy[i] * wx[j], -1))
+                for k in range(len(taps)):
+                    updates = _select(valid[k], upstream * tf.expand_dims(tap_weights[k], -1))
                     d_flat = tf.tensor_scatter_nd_add(
                         d_flat, rows[k][..., None], _pad_channels(updates, scattered)
                     )
             else:
                 # All taps at once: one scatter, and one gather apart from the forward pass's.
                 stacked = _StackedTaps(
-                    batch, (height, width), (iy, wy, sy), (ix, wx, sx), tf.concat(valid, -1)
+                    batch, in_size, indices, weights, slopes, tf.concat(valid, -1)
                 )
                 updates = _select(
                     stacked.valid[..., None],
                     tf.expand_dims(upstream, -2) * tf.expand_dims(stacked.weights, -1),
                 )
-                updates = _pad_channels(updates, scattered)  # BxHoxWox(T*T)x(scattered)
+                updates = _pad_channels(updates, scattered)  # B x out x taps x (scattered)
                 d_flat = tf.math.unsorted_segment_sum(
-                    tf.reshape(updates, [-1, scattered]),  # (B*Ho*Wo*T*T)x(scattered)
+                    tf.reshape(updates, [-1, scattered]),  # (B*out*taps)x(scattered)
                     tf.reshape(stacked.rows, [-1]),
                     tf.shape(flat, tf.int64)[0],
                 )
@@ -406,8 +478,21 @@ def _interpolate(images, pixels, finite, movable, axis_taps, constant_weights):
             if constant_weights:  # nearest: the output is piecewise constant in the coordinates
                 d_pixels = tf.zeros_like(pixels)
             elif few:
-                slopes = [(wy[i] * sx[j], sy[i] * wx[j]) for i, j in taps]
-                d_pixels = _pixel_gradient_unrolled(images, rows, valid, slopes, upstream)
+                # Each tap's (d weight / dx, d weight / dy[, d weight / dz]): the slope along the
+                # component's axis times the weights along the others.
+                tap_slopes = [
+                    [
+                        _product(
+                            [
+                                (slopes if a == spatial - 1 - component else weights)[a][t[a]]
+                                for a in range(spatial)
+                            ]
+                        )
+                        for component in range(spatial)
+                    ]
+                    for t in taps
+                ]
+                d_pixels = _pixel_gradient_unrolled(images, rows, valid, tap_slopes, upstream)
             else:
                 d_pixels = _pixel_gradient_stacked(flat, upstream, stacked)
             return d_images, d_pixels
@@ -429,7 +514,8 @@ def _scatter_width(channels, in_size, out_size):
 
     Args:
         channels: the number of channels, an int or `None` when only known at run time.
-        in_size, out_size: the input's `(H, W)` and the output's `(H_out, W_out)`, ints or `None`.
+        in_size, out_size: the input's and the output's spatial sizes, `(H, W)` or `(D, H, W)`,
+            ints or `None`.
 
     Returns:
         `channels + 1` or `channels`.
@@ -437,8 +523,7 @@ def _scatter_width(channels, in_size, out_size):
     sizes = (channels, *in_size, *out_size)
     if not all(isinstance(d, int) for d in sizes):
         return channels
-    (in_height, in_width), (out_height, out_width) = in_size, out_size
-    if channels > 1 and channels % 2 and out_height * out_width >= in_height * in_width:
+    if channels > 1 and channels % 2 and math.prod(out_size) >= math.prod(in_size):
         return channels + 1
     return channels
 
@@ -451,87 +536,97 @@ def _pad_channels(tensor, channels):
     return tf.pad(tensor, [[0, 0]] * (tensor.shape.rank - 1) + [[0, extra]])
 
 
-def _pair(x, y):
-    """`tf.stack([x, y], axis=-1)` by scaling unit vectors: a stack compiles to branches in XLA's
+def _combine(components):
+    """`tf.stack(components, axis=-1)` by scaling unit vectors: a stack compiles to branches in XLA's
     loops, which then stop being vectorised (3-5x slower)."""
-    unit_x, unit_y = tf.unstack(tf.eye(2, dtype=x.dtype))
-    return tf.expand_dims(x, -1) * unit_x + tf.expand_dims(y, -1) * unit_y
+    units = tf.unstack(tf.eye(len(components), dtype=components[0].dtype))
+    return tf.add_n(
+        [tf.expand_dims(c, -1) * unit for c, unit in zip(components, units, strict=True)]
+    )
 
 
 def _pixel_gradient_unrolled(images, rows, valid, slopes, upstream):
     """The gradient w.r.t. the pixel coordinates for a few channels (static `C`), as one loop.
 
     Per tap, the image values are gathered one channel at a time from the flat image, with the row
-    broadcast along a last axis of 2, so that `d/dx` and `d/dy` each get their own gather. The whole
-    gradient is then a single elementwise loop: no reduction over the channels and no gathered tensor
-    shared by two loops, which XLA would write out to memory first. LLVM still leaves that loop
-    scalar (its cost model finds vectorising a dozen gathers per pixel not worth it).
+    broadcast along a last axis of N (one entry per coordinate), so that `d/dx`, `d/dy` (and `d/dz`)
+    each get their own gather. The whole gradient is then a single elementwise loop: no reduction
+    over the channels and no gathered tensor shared by two loops, which XLA would write out to memory
+    first. LLVM still leaves that loop scalar (its cost model finds vectorising a dozen gathers per
+    pixel not worth it).
 
     Args:
-        images: `(B, H, W, C)`.
-        rows: list of T*T int64 `(B, H_out, W_out)`, each tap's row in the `(B * H * W, C)` matrix.
-        valid: list of T*T bool `(B, H_out, W_out, 1)`, whether each tap is read.
-        slopes: list of T*T pairs of `(B, H_out, W_out)`: each tap's `(d weight / dx, d weight / dy)`.
-        upstream: `(B, H_out, W_out, C)`, the output gradient in the compute dtype.
+        images: `(B, *in, C)`.
+        rows: list of int64 `(B, *out)`, each tap's row in the `(B * prod(in), C)` matrix.
+        valid: list of bool `(B, *out, 1)`, whether each tap is read.
+        slopes: list of N-lists of `(B, *out)`: each tap's `(d weight / dx, d weight / dy[, .. dz])`.
+        upstream: `(B, *out, C)`, the output gradient in the compute dtype.
 
     Returns:
-        `(B, H_out, W_out, 2)`: `sum_tap sum_c upstream[c] * value[tap, c] * slopes[tap]`.
+        `(B, *out, N)`: `sum_tap sum_c upstream[c] * value[tap, c] * slopes[tap]`.
     """
     channels = images.shape[-1]
-    values = tf.reshape(images, [-1])  # B*H*W*C
-    pair = tf.zeros([2], tf.int64)
+    values = tf.reshape(images, [-1])  # B*prod(in)*C
+    spread = tf.zeros([len(slopes[0])], tf.int64)  # one entry per coordinate
     terms = []
-    for row, read, (slope_x, slope_y) in zip(rows, valid, slopes, strict=True):
-        first = tf.expand_dims(row * channels, -1) + pair  # BxHoxWox2, the tap's first channel
+    for row, read, tap_slopes in zip(rows, valid, slopes, strict=True):
+        first = tf.expand_dims(row * channels, -1) + spread  # B x out x N, the tap's first channel
         dot = tf.add_n(
             [
                 tf.cast(tf.gather(values, first + c), upstream.dtype)
                 * tf.expand_dims(upstream[..., c], -1)
                 for c in range(channels)
             ]
-        )  # BxHoxWox2, both entries equal
-        terms.append(_select(read, dot) * _pair(slope_x, slope_y))
+        )  # B x out x N, all entries equal
+        terms.append(_select(read, dot) * _combine(tap_slopes))
     return tf.add_n(terms)
 
 
 class _StackedTaps:
-    """Every tap of every output pixel at once, on a last axis of T*T in (y tap, x tap) order.
+    """Every tap of every output pixel at once, on a last axis of all taps, the last array axis fastest.
 
     Built as outer products of the per-axis stacks, so XLA computes each axis's tap arithmetic once
     per pixel rather than once per tap.
 
     Attributes:
-        rows: int64 `(B, H_out, W_out, T*T)`, each tap's row in the `(B * H * W, C)` image matrix.
-        weights: `(B, H_out, W_out, T*T)`, each tap's weight.
-        slopes_x, slopes_y: `(B, H_out, W_out, T*T)`, its derivatives w.r.t. the x and y coordinate.
-        valid: bool `(B, H_out, W_out, T*T)`, whether each tap is read.
+        rows: int64 `(B, *out, taps)`, each tap's row in the `(B * prod(in), C)` image matrix.
+        weights: `(B, *out, taps)`, each tap's weight.
+        slopes: N tensors `(B, *out, taps)`, its derivatives w.r.t. the coordinates `(x, y[, z])`.
+        valid: bool `(B, *out, taps)`, whether each tap is read.
     """
 
-    def __init__(self, batch, size, taps_y, taps_x, valid):
+    def __init__(self, batch, in_size, indices, weights, slopes, valid):
         """
         Args:
-            batch: int64 `(B, 1, 1)`, the batch indices.
-            size: the input's `(H, W)`.
-            taps_y, taps_x: `(indices, weights, slopes)` along y and x, lists of T
-                `(B, H_out, W_out)`.
-            valid: bool `(B, H_out, W_out, T*T)`, whether each tap is read, in (y tap, x tap) order.
+            batch: int64 `(B, 1, ..., 1)`, the batch indices.
+            in_size: the input's spatial sizes in array order, `(H, W)` or `(D, H, W)`.
+            indices, weights, slopes: per array axis, lists of T tensors `(B, *out)`.
+            valid: bool `(B, *out, taps)`, whether each tap is read, in the same tap order.
         """
         self.valid = valid
-        height, width = size
-        index_y, weight_y, slope_y = (tf.stack(v, axis=-1)[..., :, None] for v in taps_y)
-        index_x, weight_x, slope_x = (tf.stack(v, axis=-1)[..., None, :] for v in taps_x)
-        # index_y: BxHoxWoxTx1, index_x: BxHoxWox1xT, and so on.
-        shape = tf.concat([tf.shape(index_y)[:-2], [len(taps_y[0]) * len(taps_x[0])]], axis=0)
+        spatial = len(in_size)
 
-        def outer(y, x):
-            return tf.reshape(y * x, shape)  # BxHoxWox(T*T)
+        def spread(values, axis):  # T x (B x out) -> B x out x 1..T..1, T at position `axis`
+            expand = (None,) * axis + (slice(None),) + (None,) * (spatial - 1 - axis)
+            return tf.stack(values, axis=-1)[(..., *expand)]
 
-        self.rows = tf.reshape(
-            flat_indices(batch[..., None, None], index_y, index_x, height, width), shape
+        taps = math.prod(len(i) for i in indices)
+        out_shape = tf.shape(indices[0][0])
+        shape = tf.concat([out_shape, [taps]], axis=0)
+
+        def outer(factors):
+            return tf.reshape(_product(factors), shape)  # B x out x taps
+
+        index, weight, slope = (
+            [spread(v[a], a) for a in range(spatial)] for v in (indices, weights, slopes)
         )
-        self.weights = outer(weight_y, weight_x)
-        self.slopes_x = outer(weight_y, slope_x)
-        self.slopes_y = outer(slope_y, weight_x)
+        extra = (None,) * spatial
+        self.rows = tf.reshape(flat_indices(batch[(..., *extra)], index, in_size), shape)
+        self.weights = outer(weight)
+        self.slopes = [
+            outer([slope[a] if a == spatial - 1 - component else weight[a] for a in range(spatial)])
+            for component in range(spatial)
+        ]
 
 
 def _pixel_gradient_stacked(flat, upstream, stacked):
@@ -542,16 +637,14 @@ def _pixel_gradient_stacked(flat, upstream, stacked):
     reduction over a long axis, which XLA runs well.
 
     Args:
-        flat: the images as a `(B * H * W, C)` matrix.
-        upstream: `(B, H_out, W_out, C)`, the output gradient in the compute dtype.
+        flat: the images as a `(B * prod(in), C)` matrix.
+        upstream: `(B, *out, C)`, the output gradient in the compute dtype.
         stacked: the `_StackedTaps`.
 
     Returns:
-        `(B, H_out, W_out, 2)`.
+        `(B, *out, N)`.
     """
-    values = tf.cast(tf.gather(flat, stacked.rows), upstream.dtype)  # BxHoxWox(T*T)xC
+    values = tf.cast(tf.gather(flat, stacked.rows), upstream.dtype)  # B x out x taps x C
     values = _select(stacked.valid[..., None], values)
-    dots = tf.reduce_sum(values * tf.expand_dims(upstream, -2), axis=-1)  # BxHoxWox(T*T)
-    d_x = tf.reduce_sum(dots * stacked.slopes_x, axis=-1)
-    d_y = tf.reduce_sum(dots * stacked.slopes_y, axis=-1)
-    return _pair(d_x, d_y)
+    dots = tf.reduce_sum(values * tf.expand_dims(upstream, -2), axis=-1)  # B x out x taps
+    return _combine([tf.reduce_sum(dots * slopes, axis=-1) for slopes in stacked.slopes])

@@ -70,35 +70,46 @@ def _is_size(value):
     )
 
 
-def check_size(size, name="size", layout="(H_out, W_out)", allow_tensors=True):
-    """Validate an output size: a pair of positive integers, or (for ops) integer tensors.
+# The layouts of an output size by its number of entries: an image's, then a volume's.
+SIZE_LAYOUTS = {2: "(H_out, W_out)", 3: "(D_out, H_out, W_out)"}
+
+
+def check_size(size, name="size", dims=(2,), allow_tensors=True):
+    """Validate an output size: 2 (image) or 3 (volume) positive integers, or (for ops) integer tensors.
 
     Python and numpy integers are accepted alike and returned as Python ints. With `allow_tensors`, a
-    1-D integer tensor of two entries, or a pair whose entries are scalar tensors, is accepted too:
-    its values are checked now when it is eager, and at run time (where assertions run) when it is
-    symbolic.
+    1-D integer tensor, or a sequence whose entries are scalar tensors, is accepted too: its values
+    are checked now when it is eager, and at run time (where assertions run) when it is symbolic.
 
     Args:
         size: the size received.
         name: the argument's name, for the message. Defaults to `"size"`.
-        layout: the expected layout, for the message. Defaults to `"(H_out, W_out)"`.
+        dims: the accepted numbers of entries, among 2 (`(H_out, W_out)`) and 3
+            (`(D_out, H_out, W_out)`). Defaults to `(2,)`.
         allow_tensors: whether tensors may stand for the sizes. Defaults to `True`.
 
     Returns:
-        A tuple `(H_out, W_out)` of Python ints or scalar tensors.
+        A tuple of Python ints or scalar tensors, in array order: `(H_out, W_out)` or
+        `(D_out, H_out, W_out)`.
 
     Raises:
-        ValueError: naming the argument and the value received, for anything but two positive sizes.
+        ValueError: naming the argument, the accepted layouts and the value received.
     """
 
     def invalid():
+        layouts = " or ".join(SIZE_LAYOUTS[n] for n in dims)
+        what = {(2,): "a pair of", (3,): "three"}.get(tuple(dims), " or ".join(map(str, dims)))
         return ValueError(
-            f"Invalid value for argument `{name}`. Expected a pair of positive integers {layout}. "
+            f"Invalid value for argument `{name}`. Expected {what} positive integers {layouts}. "
             f"Received: {name}={size!r}"
         )
 
     if allow_tensors and isinstance(size, tf.Tensor | tf.Variable):
-        if size.shape.rank != 1 or size.shape[0] not in (2, None) or not size.dtype.is_integer:
+        # A length known only at run time stands for the one accepted length, if there is one.
+        count = size.shape[0] if size.shape.rank == 1 and size.shape[0] is not None else None
+        if count is None and size.shape.rank == 1 and len(dims) == 1:
+            count = dims[0]
+        if count not in dims or not size.dtype.is_integer:
             raise invalid()
         if hasattr(size, "numpy"):  # eager: its values are known now
             if not all(v >= 1 for v in size.numpy().tolist()):
@@ -109,13 +120,15 @@ def check_size(size, name="size", layout="(H_out, W_out)", allow_tensors=True):
             )
             with tf.control_dependencies([check]):
                 size = tf.identity(size)
-        return size[0], size[1]
+        return tuple(size[i] for i in range(count))
     try:
-        height, width = size
-    except (TypeError, ValueError):
+        entries = tuple(size)
+    except TypeError:
         raise invalid() from None
+    if len(entries) not in dims:
+        raise invalid()
     checked = []
-    for value in (height, width):
+    for value in entries:
         if allow_tensors and isinstance(value, tf.Tensor | tf.Variable):
             if value.shape.rank != 0 or not value.dtype.is_integer:
                 raise invalid()

@@ -81,18 +81,22 @@ def test_flat_indices_do_not_overflow_past_two_to_the_31():
     # Virtual sizes only: B * H * W = 4 * 50_000 * 50_000 = 1e10 pixel rows, never allocated.
     batch, height, width = 4, 50_000, 50_000
     last = flat_indices(
-        tf.constant(batch - 1), tf.constant(height - 1), tf.constant(width - 1), height, width
+        tf.constant(batch - 1), [tf.constant(height - 1), tf.constant(width - 1)], (height, width)
     )
     assert last.dtype == tf.int64
     assert int(last) == batch * height * width - 1 > 2**31
     dynamic = flat_indices(
         tf.constant([3]),
-        tf.constant([49_999]),
-        tf.constant([12_345]),
-        tf.constant(height),
-        tf.constant(width),
+        [tf.constant([49_999]), tf.constant([12_345])],
+        (tf.constant(height), tf.constant(width)),
     )
     assert int(dynamic[0]) == (3 * height + 49_999) * width + 12_345
+    # A volume's voxel (b, z, y, x) of 4 x 2_000 x 2_000 x 2_000 voxels: 3.2e10 rows.
+    depth = 2_000
+    voxel = flat_indices(
+        tf.constant(3), [tf.constant(1_999), tf.constant(1_234), tf.constant(567)], (depth,) * 3
+    )
+    assert int(voxel) == ((3 * depth + 1_999) * depth + 1_234) * depth + 567 > 2**34
 
 
 # ---- bad input ---------------------------------------------------------------------------------------
@@ -102,7 +106,7 @@ def test_flat_indices_do_not_overflow_past_two_to_the_31():
     "images_shape, grid_shape, message",
     [
         ((4, 5, 3), (1, 2, 2, 2), r"images.shape=\(4, 5, 3\)"),
-        ((1, 4, 5, 3, 1), (1, 2, 2, 2), r"images.shape=\(1, 4, 5, 3, 1\)"),
+        ((1, 4, 5, 3, 1, 1), (1, 2, 2, 2), r"images.shape=\(1, 4, 5, 3, 1, 1\)"),
         ((1, 4, 5, 3), (2, 2, 2), r"grid.shape=\(2, 2, 2\)"),
         ((1, 4, 5, 3), (1, 2, 2, 3), r"grid.shape=\(1, 2, 2, 3\)"),
         ((2, 4, 5, 3), (3, 2, 2, 2), r"images.shape=\(2, 4, 5, 3\), grid.shape=\(3, 2, 2, 2\)"),
