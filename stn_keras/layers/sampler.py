@@ -10,20 +10,36 @@ from stn_keras.ops.validation import check_bool, check_choice, check_size
 
 
 def check_output_size(output_size):
-    """Validate `output_size` (`None` or two positive integers) and return it as a tuple or `None`."""
+    """Validate `output_size` (`None`, or 2 or 3 positive integers) and return a tuple or `None`."""
     if output_size is None:
         return None
-    return check_size(output_size, "output_size", allow_tensors=False)
+    return check_size(output_size, "output_size", dims=(2, 3), allow_tensors=False)
 
 
-def make_transform(transform, transform_options):
-    """The `Transform` called `transform`, with its options checked; `ValueError` for bad ones."""
+def spatial_dims_of(images_shape, layer):
+    """The number of spatial axes of images `(B, H, W, C)` (2) or volumes `(B, D, H, W, C)` (3).
+
+    Raises:
+        ValueError: naming `layer` and the shape, for any other rank.
+    """
+    shape = tf.TensorShape(images_shape)
+    if shape.rank not in (4, 5):
+        raise ValueError(
+            f"Input to `{layer}` must be images of shape (B, H, W, C) or volumes of shape "
+            f"(B, D, H, W, C). Received: inputs.shape={shape}"
+        )
+    return shape.rank - 2
+
+
+def make_transform(transform, transform_options, spatial_dims=2):
+    """The `Transform` called `transform` for `spatial_dims` (2: images, 3: volumes), with its
+    options checked; `ValueError` for bad ones."""
     if transform_options is not None and not isinstance(transform_options, dict):
         raise ValueError(
             "Invalid value for argument `transform_options`. Expected a dict or `None`. "
             f"Received: transform_options={transform_options!r}"
         )
-    return get_transform(transform, **(transform_options or {}))
+    return get_transform(transform, spatial_dims, **(transform_options or {}))
 
 
 @keras.saving.register_keras_serializable(package="stn_keras")
@@ -44,23 +60,29 @@ class TransformSampler(keras.layers.Layer):
             `"affine"`). Defaults to `"affine"`.
         transform_options: dict of family options, e.g. `{"control_points": 4}` for `"tps"`.
             Defaults to `None` (no options).
-        output_size: `(H_out, W_out)` of the output, or `None` to keep the input's size (which may
-            be dynamic). Defaults to `None`.
+        output_size: `(H_out, W_out)` of the output, `(D_out, H_out, W_out)` for volumes, or `None`
+            to keep the input's size (which may be dynamic). Defaults to `None`.
         interpolation: `"bilinear"`, `"nearest"` or `"bicubic"`. Defaults to `"bilinear"`.
         padding_mode: `"zeros"`, `"border"` or `"reflection"`. Defaults to `"zeros"`.
         align_corners: see `stn_keras.ops.coordinates`. Defaults to `False`.
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
+    Volumes work the same way: with images `(B, D, H, W, C)` the family is the transform's 3-D
+    form (`"affine"`: 12 parameters, a row-major `(3, 4)` theta; `"attention"`: 4, `(s, t_x, t_y,
+    t_z)`), and `num_params` is the 3-D count once the layer is built. `"projective"` and `"tps"`
+    are defined on images only and refuse volumes with a `ValueError`.
+
     Call arguments:
-        inputs: a list `[images, params]`: images `(B, H, W, C)` and parameters `(B, P)` with
-            `P = transform.num_params`.
+        inputs: a list `[images, params]`: images `(B, H, W, C)` or `(B, D, H, W, C)` and parameters
+            `(B, P)` with `P = num_params`.
 
     Returns:
-        The warped images, `(B, H_out, W_out, C)` in the layer's compute dtype.
+        The warped images, `(B, H_out, W_out, C)` or `(B, D_out, H_out, W_out, C)`, in the layer's
+        compute dtype.
 
     Raises:
         ValueError: for an invalid constructor argument, or inputs that are not
-            `[(B, H, W, C), (B, P)]`.
+            `[(B, H, W, C), (B, P)]` or `[(B, D, H, W, C), (B, P)]` with a matching `output_size`.
 
     Example:
         >>> images = keras.Input((28, 28, 1))
@@ -83,6 +105,8 @@ class TransformSampler(keras.layers.Layer):
         # dtype (float32 under mixed precision).
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
+        # The image family, which also validates the options; `build` swaps in the volume family
+        # when the inputs are volumes.
         self.family = make_transform(transform, transform_options)
         self.transform = transform
         self.transform_options = dict(transform_options or {})
@@ -96,11 +120,20 @@ class TransformSampler(keras.layers.Layer):
 
     @property
     def num_params(self):
-        """Number of transform parameters `P` the layer takes."""
+        """Number of transform parameters `P` the layer takes (the volume family's once built on
+        volumes)."""
         return self.family.num_params
 
+    def family_for(self, spatial_dims):
+        """The transform family for images (`spatial_dims=2`) or volumes (3); `ValueError` when the
+        family is defined on images only."""
+        if self.family.spatial_dims == spatial_dims:
+            return self.family
+        return make_transform(self.transform, self.transform_options, spatial_dims)
+
     def _check_shapes(self, input_shape):
-        """Raise `ValueError` unless `input_shape` is `[(B, H, W, C), (B, P)]`."""
+        """The images' shape, the parameters' shape and the family, or `ValueError` naming the shape
+        that does not fit."""
         try:
             images_shape, params_shape = input_shape
             images_shape = tf.TensorShape(images_shape)
@@ -108,31 +141,35 @@ class TransformSampler(keras.layers.Layer):
         except (TypeError, ValueError):
             raise ValueError(
                 "`TransformSampler` expects a list of two inputs "
-                "[images (B, H, W, C), params (B, P)]. "
+                "[images (B, H, W, C) or (B, D, H, W, C), params (B, P)]. "
                 f"Received: input_shape={input_shape!r}"
             ) from None
-        if images_shape.rank != 4:
+        spatial = spatial_dims_of(images_shape, "TransformSampler")
+        family = self.family_for(spatial)
+        if params_shape.rank != 2 or params_shape[-1] not in (family.num_params, None):
             raise ValueError(
-                "Input `images` must be a rank-4 tensor of shape (B, H, W, C). "
-                f"Received: images.shape={images_shape}"
+                f"Input `params` must have shape (B, {family.num_params}) for the "
+                f"{self.transform!r} transform of images of shape {images_shape}. "
+                f"Received: params.shape={params_shape}"
             )
-        if params_shape.rank != 2 or params_shape[-1] not in (self.num_params, None):
+        if self.output_size is not None and len(self.output_size) != spatial:
             raise ValueError(
-                f"Input `params` must have shape (B, {self.num_params}) for the "
-                f"{self.transform!r} transform. Received: params.shape={params_shape}"
+                f"`output_size` must hold {spatial} sizes for inputs of shape {images_shape}. "
+                f"Received: output_size={self.output_size}"
             )
-        return images_shape, params_shape
+        return images_shape, params_shape, family
 
     def build(self, input_shape):
-        self._check_shapes(input_shape)
+        _, _, self.family = self._check_shapes(input_shape)
 
     def call(self, inputs):
         images, params = inputs
-        self._check_shapes([images.shape, params.shape])
+        _, _, family = self._check_shapes([images.shape, params.shape])
         images = tf.cast(images, self.compute_dtype)
         params = tf.cast(params, self.variable_dtype)
-        size = self.output_size or (coordinates.dim(images, 1), coordinates.dim(images, 2))
-        grid = self.family.grid(params, size, align_corners=self.align_corners)
+        spatial = family.spatial_dims
+        size = self.output_size or tuple(coordinates.dim(images, 1 + a) for a in range(spatial))
+        grid = family.grid(params, size, align_corners=self.align_corners)
         return grid_sample(
             images,
             grid,
@@ -142,11 +179,9 @@ class TransformSampler(keras.layers.Layer):
         )
 
     def compute_output_shape(self, input_shape):
-        images_shape, _ = self._check_shapes(input_shape)
-        batch, height, width, channels = images_shape.as_list()
-        if self.output_size is not None:
-            height, width = self.output_size
-        return (batch, height, width, channels)
+        images_shape, _, _ = self._check_shapes(input_shape)
+        batch, *size, channels = images_shape.as_list()
+        return (batch, *(self.output_size or size), channels)
 
     def get_config(self):
         return {

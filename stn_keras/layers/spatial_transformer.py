@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 
 from stn_keras.layers.localization import default_localization
-from stn_keras.layers.sampler import TransformSampler
+from stn_keras.layers.sampler import TransformSampler, spatial_dims_of
 from stn_keras.ops.validation import check_bool
 
 
@@ -40,12 +40,16 @@ class SpatialTransformer(keras.layers.Layer):
     Under a mixed precision policy (`mixed_float16`, `mixed_bfloat16`) the images flow in the
     compute dtype, while the regression layer, the parameters and the grid coordinates stay float32.
 
+    Volumes `(B, D, H, W, C)` work the same way (`"affine"` regresses a `(3, 4)` theta, 12
+    parameters; `"attention"` 4, `(s, t_x, t_y, t_z)`), with a 3-D default localisation network.
+
     Args:
-        localization: any Keras layer or model mapping the input `(B, H, W, C)` to features (any
-            rank; they are flattened and must have a static size). `None` uses
-            `default_localization()`. Defaults to `None`.
-        output_size: `(H_out, W_out)` of the output, or `None` to keep the input's size (which may
-            be dynamic). A smaller size downsamples, a larger one upsamples. Defaults to `None`.
+        localization: any Keras layer or model mapping the input `(B, H, W, C)` or
+            `(B, D, H, W, C)` to features (any rank; they are flattened and must have a static
+            size). `None` uses `default_localization()` for the input's rank. Defaults to `None`.
+        output_size: `(H_out, W_out)` of the output (`(D_out, H_out, W_out)` for volumes), or `None`
+            to keep the input's size (which may be dynamic). A smaller size downsamples, a larger
+            one upsamples. Defaults to `None`.
         transform: the transform family, one of `stn_keras.ops.transforms.TRANSFORMS`. Defaults to
             `"affine"`.
         transform_options: dict of family options, e.g. `{"control_points": 4}` for `"tps"`.
@@ -60,14 +64,15 @@ class SpatialTransformer(keras.layers.Layer):
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
-        inputs: images `(B, H, W, C)`.
+        inputs: images `(B, H, W, C)` or volumes `(B, D, H, W, C)`.
 
     Returns:
-        The transformed images `(B, H_out, W_out, C)`, or with `return_transform=True` a tuple
-        `(images, params)` with the float32 parameters `(B, P)`.
+        The transformed images `(B, H_out, W_out, C)` (`(B, D_out, H_out, W_out, C)`), or with
+        `return_transform=True` a tuple `(images, params)` with the float32 parameters `(B, P)`.
 
     Raises:
-        ValueError: for an invalid constructor argument or an input that is not rank 4.
+        ValueError: for an invalid constructor argument, an input that is neither rank 4 nor rank
+            5, or a volume with a family defined on images only (`"projective"`, `"tps"`).
 
     Example:
         >>> model = keras.Sequential([
@@ -133,17 +138,16 @@ class SpatialTransformer(keras.layers.Layer):
 
     def _check_input_shape(self, input_shape):
         shape = tf.TensorShape(input_shape)
-        if shape.rank != 4:
-            raise ValueError(
-                "Input to `SpatialTransformer` must be a rank-4 tensor of shape (B, H, W, C). "
-                f"Received: inputs.shape={shape}"
-            )
+        spatial_dims_of(shape, "SpatialTransformer")
         return shape
 
     def build(self, input_shape):
         shape = self._check_input_shape(input_shape)
+        family = self.sampler.family_for(shape.rank - 2)  # the volume family for volumes
         if self.localization is None:
-            self.localization = default_localization(dtype=self.dtype_policy)
+            self.localization = default_localization(
+                dtype=self.dtype_policy, spatial_dims=shape.rank - 2
+            )
         if not self.localization.built:
             self.localization.build(tuple(shape.as_list()))
         # A symbolic call rather than `compute_output_shape`, which custom layers may not define.
@@ -157,18 +161,18 @@ class SpatialTransformer(keras.layers.Layer):
                 "The localisation network must output features of a static size. "
                 f"Received: features of shape {features_shape} for inputs of shape {shape}"
             )
-        identity = self.sampler.family.identity
+        identity = family.identity
         # Zero kernel + identity bias: the initial transform is exactly the identity. The
         # regression runs in the variable dtype (float32 under mixed precision): no rounding.
         self.regression = keras.layers.Dense(
-            self.num_params,
+            family.num_params,
             kernel_initializer="zeros",
             bias_initializer=keras.initializers.Constant(identity.tolist()),
             dtype=self.dtype_policy.variable_dtype,
             name="regression",
         )
         self.regression.build(flat_shape)
-        self.sampler.build([tuple(shape.as_list()), (shape[0], self.num_params)])
+        self.sampler.build([tuple(shape.as_list()), (shape[0], family.num_params)])
 
     def call(self, inputs):
         self._check_input_shape(inputs.shape)
@@ -181,9 +185,10 @@ class SpatialTransformer(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         shape = self._check_input_shape(input_shape)
-        outputs = self.sampler.compute_output_shape([shape, (shape[0], self.num_params)])
+        num_params = self.sampler.family_for(shape.rank - 2).num_params
+        outputs = self.sampler.compute_output_shape([shape, (shape[0], num_params)])
         if self.return_transform:
-            return outputs, (shape[0], self.num_params)
+            return outputs, (shape[0], num_params)
         return outputs
 
     def get_config(self):

@@ -1,8 +1,10 @@
 """The transform families a spatial transformer can regress, behind one small interface.
 
 A `Transform` knows how many parameters it takes, which parameter vector is the identity, and how
-to turn a batch of flat parameter vectors `(B, P)` into a sampling grid `(B, H_out, W_out, 2)`. The
-layers use only this interface, so adding a family here makes it available to `SpatialTransformer`.
+to turn a batch of flat parameter vectors `(B, P)` into a sampling grid `(B, H_out, W_out, 2)`, or
+`(B, D_out, H_out, W_out, 3)` for a volume family (`spatial_dims=3`: `"affine"` and `"attention"`).
+The layers use only this interface, so adding a family here makes it available to
+`SpatialTransformer`.
 """
 
 import dataclasses
@@ -23,14 +25,18 @@ class Transform:
     Attributes:
         name: the family's name, as accepted by `get_transform`.
         identity: float64 numpy vector `(P,)` of the parameters of the identity transform.
-        grid_fn: `(params (B, P), size (H_out, W_out), align_corners) -> grid (B, H_out, W_out, 2)`.
+        grid_fn: `(params (B, P), size, align_corners) -> grid`: `size` `(H_out, W_out)` gives
+            `(B, H_out, W_out, 2)`; for a volume family `(D_out, H_out, W_out)` gives
+            `(B, D_out, H_out, W_out, 3)`.
         options: family-specific constructor options, for serialisation.
+        spatial_dims: 2 for images, 3 for volumes.
     """
 
     name: str
     identity: np.ndarray
     grid_fn: Callable
     options: dict = dataclasses.field(default_factory=dict)
+    spatial_dims: int = 2
 
     @property
     def num_params(self):
@@ -38,7 +44,7 @@ class Transform:
         return int(self.identity.shape[0])
 
     def grid(self, params, size, align_corners=False):
-        """Sampling grid `(B, H_out, W_out, 2)` of flat parameters `params` `(B, P)`."""
+        """Sampling grid of flat parameters `params` `(B, P)` (see `grid_fn`)."""
         params = tf.convert_to_tensor(params)
         if params.shape.rank != 2 or params.shape[-1] not in (self.num_params, None):
             raise ValueError(
@@ -48,29 +54,30 @@ class Transform:
         return self.grid_fn(params, size, align_corners)
 
 
-def _attention():
-    # (s, t_x, t_y): see `grids.attention_grid`.
-    identity = np.array([1.0, 0.0, 0.0])
+def _attention(spatial_dims):
+    # (s, t_x, t_y[, t_z]): see `grids.attention_grid`.
+    identity = np.array([1.0] + [0.0] * spatial_dims)
 
     def grid_fn(params, size, align_corners):
-        params = tf.reshape(params, [-1, 3])  # Bx3
+        params = tf.reshape(params, [-1, spatial_dims + 1])  # Bx(N+1)
         return grids.attention_grid(params, size, align_corners=align_corners)
 
-    return Transform("attention", identity, grid_fn)
+    return Transform("attention", identity, grid_fn, spatial_dims=spatial_dims)
 
 
-def _affine():
-    # Row-major theta (B, 2, 3): (a11, a12, t_x, a21, a22, t_y), see `grids.affine_grid`.
-    identity = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+def _affine(spatial_dims):
+    # Row-major theta (B, N, N + 1): (a11, a12, t_x, a21, a22, t_y) for images, 12 entries for
+    # volumes, see `grids.affine_grid`.
+    identity = np.eye(spatial_dims, spatial_dims + 1).reshape(-1)
 
     def grid_fn(params, size, align_corners):
-        theta = tf.reshape(params, [-1, 2, 3])  # Bx2x3
+        theta = tf.reshape(params, [-1, spatial_dims, spatial_dims + 1])  # BxNx(N+1)
         return grids.affine_grid(theta, size, align_corners=align_corners)
 
-    return Transform("affine", identity, grid_fn)
+    return Transform("affine", identity, grid_fn, spatial_dims=spatial_dims)
 
 
-def _projective():
+def _projective(spatial_dims):
     # The first 8 row-major entries of the homography (h11, h12, h13, h21, h22, h23, h31, h32), with
     # h33 fixed to 1, see `grids.projective_grid`.
     identity = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0])
@@ -83,7 +90,7 @@ def _projective():
     return Transform("projective", identity, grid_fn)
 
 
-def _tps(control_points=4):
+def _tps(spatial_dims, control_points=4):
     # The targets of the K x K control points, flattened from (K, K, 2): (x, y) of the control
     # point in row 0 column 0, then row 0 column 1, ... (x fastest, then y), see
     # `tps.ThinPlateSpline`.
@@ -98,6 +105,9 @@ def _tps(control_points=4):
     return Transform("tps", identity, grid_fn, {"control_points": k})
 
 
+# The families that also transform volumes (the others are 2-D only).
+VOLUME_TRANSFORMS = ("attention", "affine")
+
 _FACTORIES = {
     "attention": _attention,
     "affine": _affine,
@@ -107,40 +117,54 @@ _FACTORIES = {
 TRANSFORMS = tuple(_FACTORIES)
 
 
-def get_transform(name, **options):
-    """The `Transform` called `name`.
+def get_transform(name, spatial_dims=2, **options):
+    """The `Transform` called `name`, for images (`spatial_dims=2`) or volumes (`spatial_dims=3`).
 
     The families and their parameters `P` (each documented at its grid function):
 
-    * `"attention"`: 3, `(s, t_x, t_y)`, `grids.attention_grid`;
-    * `"affine"`: 6, row-major `theta`, `grids.affine_grid`;
+    * `"attention"`: 3, `(s, t_x, t_y)`, `grids.attention_grid`; volumes: 4, `(s, t_x, t_y, t_z)`;
+    * `"affine"`: 6, row-major `theta`, `grids.affine_grid`; volumes: 12, the row-major `(3, 4)`
+      theta;
     * `"projective"`: 8, the row-major homography with `h33 = 1`, `grids.projective_grid`;
     * `"tps"`: `2 * K * K`, the flattened `(K, K, 2)` targets of the control points,
       `tps.ThinPlateSpline`. Option `control_points=K` (integer >= 2), defaults to `4` (the
       paper's 16 points).
 
     Args:
-        name: one of `TRANSFORMS`.
+        name: one of `TRANSFORMS`; for volumes one of `VOLUME_TRANSFORMS`.
+        spatial_dims: 2 for images, 3 for volumes. Defaults to `2`.
         **options: family-specific options (only `"tps"` takes any).
 
     Returns:
         A `Transform`.
 
     Raises:
-        ValueError: for an unknown `name`, an option the family does not take, or an invalid
-            option value.
+        ValueError: for an unknown `name`, a 2-D-only family on volumes, an option the family does
+            not take, or an invalid option value.
 
     Example:
         >>> get_transform("tps", control_points=3).num_params
         18
+        >>> get_transform("affine", spatial_dims=3).num_params
+        12
     """
     check_choice("transform", name, TRANSFORMS)
+    if spatial_dims not in (2, 3) or isinstance(spatial_dims, bool):
+        raise ValueError(
+            "Invalid value for argument `spatial_dims`. Expected 2 (images) or 3 (volumes). "
+            f"Received: spatial_dims={spatial_dims!r}"
+        )
+    if spatial_dims == 3 and name not in VOLUME_TRANSFORMS:
+        raise ValueError(
+            f"The {name!r} transform is defined on images only; volumes take one of "
+            f"{VOLUME_TRANSFORMS}. Received: transform={name!r} for a volume (B, D, H, W, C)"
+        )
     factory = _FACTORIES[name]
-    accepted = tuple(inspect.signature(factory).parameters)
+    accepted = tuple(inspect.signature(factory).parameters)[1:]  # after `spatial_dims`
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ValueError(
             f"Unknown option(s) {unknown} for the {name!r} transform. Expected options among "
             f"{accepted}. Received: {options!r}"
         )
-    return factory(**options)
+    return factory(spatial_dims, **options)
