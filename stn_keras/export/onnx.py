@@ -115,7 +115,7 @@ def convert(model, opset=DEFAULT_OPSET, native_gridsample=False):
             input_names=input_names,
             output_names=output_names + thetas,
             opset=min(opset, TF2ONNX_MAX_OPSET),
-            custom_rewriter=[onnx_gridsample.native_rewriter(samplers, replaced)]
+            custom_rewriter=[onnx_gridsample.native_rewriter(samplers, replaced, opset)]
             if samplers
             else None,
             tensors_to_rename=rename,

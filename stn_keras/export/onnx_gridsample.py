@@ -7,8 +7,9 @@ sampler:
 
 1. Each `grid_sample` call ran in a name scope that spells its mode and marked its `images`, `grid` and
    `output`; each `affine_grid` marked its `theta` and `grid`. `find_samplers` reads them. Each sampler's
-   output is rewired to `Transpose(NHWC->NCHW) -> GridSample -> Transpose(NCHW->NHWC)`; the
-   sampler is replaced inside tf2onnx's conversion, before its optimisers run (`native_rewriter`).
+   output is rewired to `Transpose(NHWC->NCHW) -> GridSample -> Transpose(NCHW->NHWC)` (NDHWC and
+   NCDHW for a volume, from opset 20); the sampler is replaced inside tf2onnx's conversion, before
+   its optimisers run (`native_rewriter`).
 2. When a sampler's grid is an `affine_grid`'s output, the opset has `AffineGrid` and the output size is
    static, the grid becomes `AffineGrid(theta)`. Not with `align_corners=True` and a 1-pixel output
    axis: onnxruntime puts a lone pixel at -1 there, PyTorch at 0, so that grid stays explicit. `theta`
@@ -16,9 +17,9 @@ sampler:
    (`use_affine_grids`).
 3. Everything no longer needed (the gather decomposition, the explicit affine grid) is dropped.
 
-A sampler that GridSample cannot run (onnxruntime's CPU kernel takes float32 and float64 only) stays on
-the gather path, with a warning that names it. The caller validates the result end to end against
-Keras.
+A sampler that GridSample cannot run (onnxruntime's CPU kernel takes float32 and float64 only; a
+volume below opset 20) stays on the gather path, with a warning that names it. The caller validates
+the result end to end against Keras.
 """
 
 import dataclasses
@@ -38,6 +39,7 @@ _ONNX_MODES = {
 }
 GRID_SAMPLE_OPSET = 16  # first opset with GridSample
 AFFINE_GRID_OPSET = 20  # first opset with AffineGrid
+VOLUME_OPSET = 20  # first opset whose GridSample and AffineGrid take volumes (5-D)
 # onnxruntime's CPU GridSample runs these, with the grid in the images' dtype.
 _ORT_DTYPES = {"float32": TensorProto.FLOAT, "float64": TensorProto.DOUBLE}
 
@@ -52,9 +54,11 @@ class SamplerBoundary:
             (tf2onnx drops `Identity` ops before any rewriter sees the graph).
         mode: `(interpolation, padding_mode, align_corners)`.
         dtypes: the dtype names of `images`, `grid` and `theta` (`None` without one), e.g. `"float32"`.
-        size: the static `(H_out, W_out)`, or `None` when either is dynamic.
+        size: the static `(H_out, W_out)` (`(D_out, H_out, W_out)` for a volume), or `None` when
+            any is dynamic.
         theta: the marked `theta` of the `affine_grid` that made `grid`, or `None`.
         affine_align_corners: that `affine_grid`'s `align_corners`, or `None`.
+        spatial_dims: 2 for images, 3 for volumes.
     """
 
     scope: str
@@ -66,6 +70,7 @@ class SamplerBoundary:
     size: tuple | None = None
     theta: str | None = None
     affine_align_corners: bool | None = None
+    spatial_dims: int = 2
 
 
 def _source(tensor):
@@ -110,7 +115,8 @@ def find_samplers(graph):
             continue
         prefix = record["prefix"]
         grid = graph.get_tensor_by_name(prefix + "grid:0")
-        size = tuple(grid.shape[1:3]) if grid.shape[1:3].is_fully_defined() else None
+        spatial = grid.shape.rank - 2
+        size = tuple(grid.shape[1:-1]) if grid.shape[1:-1].is_fully_defined() else None
         affine = _affine_source(grid)
         theta, affine_corners = affine if affine is not None else (None, None)
         theta_dtype = None
@@ -129,6 +135,7 @@ def find_samplers(graph):
                 size=size,
                 theta=theta,
                 affine_align_corners=affine_corners,
+                spatial_dims=spatial,
             )
         )
     return samplers
@@ -189,18 +196,36 @@ def _native_name(boundary, what):
     return boundary.scope.rstrip("/") + "/native/" + what
 
 
-def native_rewriter(samplers, rewrites):
+def _refusal(boundary, opset):
+    """Why GridSample cannot replace `boundary` at `opset`, or `None` when it can."""
+    images_dtype, grid_dtype, _ = boundary.dtypes
+    if images_dtype not in _ORT_DTYPES or grid_dtype != images_dtype:
+        return (
+            f"samples {images_dtype} images with a {grid_dtype} grid; onnxruntime's GridSample "
+            "needs float32 or float64 for both"
+        )
+    if boundary.spatial_dims == 3 and opset < VOLUME_OPSET:
+        return (
+            f"samples a volume, which GridSample takes from opset {VOLUME_OPSET} on (opset {opset})"
+        )
+    return None
+
+
+def native_rewriter(samplers, rewrites, opset):
     """A tf2onnx rewriter that replaces each sampler by `Transpose -> GridSample -> Transpose`.
 
     It runs on tf2onnx's graph before tf2onnx maps and optimises it, so every consumer of a sampler's
     marked output is rewired to GridSample before tf2onnx can merge or rename anything; the gather
     decomposition is then dead and dropped. GridSample is emitted at opset 16 (tf2onnx's own opset is
-    at most 18); `onnx.version_converter` renames its modes for opset 20.
+    at most 18); `onnx.version_converter` renames its modes for opset 20, where it also takes volumes
+    (NCDHW, transposed from and back to channels-last like images).
 
     Args:
         samplers: the `SamplerBoundary`s, with TensorFlow tensor names.
         rewrites: a list the rewriter appends to: one `(boundary, used_affine_grid_candidate)` per
             sampler replaced (see `use_affine_grids`).
+        opset: the opset the model is exported at; a volume sampler below `VOLUME_OPSET` stays on
+            the gather path, with a warning.
 
     Returns:
         A function `(graph, ops) -> ops` for `tf2onnx.convert`'s `custom_rewriter`.
@@ -210,27 +235,27 @@ def native_rewriter(samplers, rewrites):
         for boundary in samplers:
             if graph.get_node_by_output(boundary.output) is None:
                 continue
-            images_dtype, grid_dtype, _ = boundary.dtypes
-            if images_dtype not in _ORT_DTYPES or grid_dtype != images_dtype:
+            refusal = _refusal(boundary, opset)
+            if refusal is not None:
                 warnings.warn(
-                    f"The sampler in scope {boundary.scope!r} samples {images_dtype} images with a "
-                    f"{grid_dtype} grid; onnxruntime's GridSample needs float32 or float64 for both, "
-                    "so it stays on the gather path.",
+                    f"The sampler in scope {boundary.scope!r} {refusal}, so it stays on the "
+                    "gather path.",
                     stacklevel=2,
                 )
                 continue
-            dtype = _ORT_DTYPES[images_dtype]
+            dtype = _ORT_DTYPES[boundary.dtypes[0]]
             interpolation, padding_mode, align_corners = boundary.mode
-            nchw = graph.make_node(
+            spatial = boundary.spatial_dims
+            channels_first = graph.make_node(
                 "Transpose",
                 [boundary.images],
-                attr={"perm": [0, 3, 1, 2]},
+                attr={"perm": [0, spatial + 1, *range(1, spatial + 1)]},
                 name=_native_name(boundary, "images_nchw"),
                 dtypes=[dtype],
             )
             sampled = graph.make_node(
                 "GridSample",
-                [nchw.output[0], boundary.grid],
+                [channels_first.output[0], boundary.grid],
                 attr={
                     "mode": _ONNX_MODES[16][interpolation],
                     "padding_mode": padding_mode,
@@ -239,14 +264,14 @@ def native_rewriter(samplers, rewrites):
                 name=_native_name(boundary, "GridSample"),
                 dtypes=[dtype],
             )
-            nhwc = graph.make_node(
+            channels_last = graph.make_node(
                 "Transpose",
                 [sampled.output[0]],
-                attr={"perm": [0, 2, 3, 1]},
+                attr={"perm": [0, *range(2, spatial + 2), 1]},
                 name=_native_name(boundary, "sampled_nhwc"),
                 dtypes=[dtype],
             )
-            graph.replace_all_inputs(boundary.output, nhwc.output[0])
+            graph.replace_all_inputs(boundary.output, channels_last.output[0])
             rewrites.append((boundary, _can_use_affine_grid(boundary)))
         return graph.get_nodes()
 
@@ -276,7 +301,6 @@ def use_affine_grids(model, rewrites, opset):
         affine = candidate and opset >= AFFINE_GRID_OPSET
         if affine:
             prefix = _native_name(boundary, "affine_grid")
-            height, width = boundary.size
             new_nodes = [
                 helper.make_node("Shape", [boundary.theta], [f"{prefix}/theta_shape"]),
                 helper.make_node(
@@ -290,7 +314,7 @@ def use_affine_grids(model, rewrites, opset):
                 ),
                 helper.make_node(
                     "Concat",
-                    [f"{prefix}/batch", _const(graph, f"{prefix}/chw", [1, height, width])],
+                    [f"{prefix}/batch", _const(graph, f"{prefix}/chw", [1, *boundary.size])],
                     [f"{prefix}/size"],
                     axis=0,
                 ),

@@ -19,6 +19,9 @@ ALL_MODES = tuple(itertools.product(INTERPOLATIONS, PADDING_MODES, (False, True)
 # A transform that zooms out and shifts, so that part of every output reads outside the image and
 # exercises the padding mode.
 _THETA = np.array([1.3, 0.2, 0.1, -0.15, 1.2, -0.05])
+# The same for volumes: a (3, 4) theta.
+_THETA_3D = np.array([1.3, 0.2, 0.0, 0.1, -0.15, 1.2, 0.1, -0.05, 0.05, 0.0, 1.1, 0.08])
+VOLUME_MODES = tuple(m for m in ALL_MODES if m[0] != "bicubic")
 
 
 @keras.saving.register_keras_serializable(package="stn_keras_tests")
@@ -71,8 +74,9 @@ def sampler_model(modes=ALL_MODES, input_shape=(8, 10, 2), output_size=(6, 7), s
     Args:
         modes: `(interpolation, padding_mode, align_corners)` triples, one sampler (and output) each.
             Defaults to all 18.
-        input_shape: `(H, W, C)` of the images. Defaults to `(8, 10, 2)`.
-        output_size: `(H_out, W_out)` of every warp. Defaults to `(6, 7)`.
+        input_shape: `(H, W, C)` of the images, or `(D, H, W, C)` of volumes. Defaults to
+            `(8, 10, 2)`.
+        output_size: `(H_out, W_out)` (`(D_out, H_out, W_out)`) of every warp. Defaults to `(6, 7)`.
         seed: seed of the localisation weights. Defaults to `0`.
 
     Returns:
@@ -80,10 +84,11 @@ def sampler_model(modes=ALL_MODES, input_shape=(8, 10, 2), output_size=(6, 7), s
     """
     images = keras.Input(input_shape, name="images")
     features = keras.layers.Flatten()(images)
+    bias = _THETA if len(output_size) == 2 else _THETA_3D
     theta = keras.layers.Dense(
-        6,
+        len(bias),
         kernel_initializer=keras.initializers.RandomNormal(stddev=0.05, seed=seed),
-        bias_initializer=keras.initializers.Constant(_THETA),
+        bias_initializer=keras.initializers.Constant(bias),
         name="theta",
     )(features)
     outputs = [
