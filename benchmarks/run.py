@@ -1,7 +1,8 @@
 """Time our sampler against the alternatives, side by side in one run; write JSON and markdown.
 
     python -m benchmarks.run --out benchmarks/results            # the full suite, a few minutes
-    python -m benchmarks.run --out /tmp/bench --quick            # one tiny shape, a smoke test
+    python -m benchmarks.run --out /tmp/bench --quick            # two tiny shapes, a smoke test
+    python -m benchmarks.run --out benchmarks/results --suite volumes    # the volume cases only
 
 Writes `OUT/NAME.json` (every timing, the machine, versions and load) and `OUT/NAME.md` (tables of
 times and of ratios to `ours-xla`). torch (the `bench` extra) and onnxruntime (`export`) are
@@ -44,6 +45,12 @@ def _parse(argv):
         help=f"comma-separated contender families to run, from {tuple(FAMILIES)}. Defaults to all.",
     )
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"from {TASKS}. Defaults to all.")
+    parser.add_argument(
+        "--suite",
+        choices=("all", "images", "volumes"),
+        default="all",
+        help="which cases: images (B, H, W, C), volumes (B, D, H, W, C) or both. Defaults to all.",
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -163,6 +170,8 @@ def main(argv=None):
         "memory": [],
     }
     cases = QUICK_SUITE if args.quick else SUITE
+    if args.suite != "all":
+        cases = tuple(c for c in cases if c.is_volume == (args.suite == "volumes"))
     from benchmarks.suite import make_inputs
 
     for case in cases:

@@ -40,9 +40,10 @@ def ours_model(case):
 
     from stn_keras import affine_grid, grid_sample
 
+    n = len(case.in_size)
     signature = [
-        tf.TensorSpec((None, case.height, case.width, case.channels), tf.float32, name="images"),
-        tf.TensorSpec((None, 2, 3), tf.float32, name="theta"),
+        tf.TensorSpec((None, *case.in_size, case.channels), tf.float32, name="images"),
+        tf.TensorSpec((None, n, n + 1), tf.float32, name="theta"),
     ]
 
     @tf.function(input_signature=signature)
@@ -54,10 +55,11 @@ def ours_model(case):
 
 
 def native_model(case):
-    """ONNX `AffineGrid` + `GridSample` (bilinear, zeros, align_corners=0) on NCHW images."""
-    size = helper.make_tensor(
-        "size", TensorProto.INT64, [4], [case.batch, case.channels, case.out_height, case.out_width]
-    )
+    """ONNX `AffineGrid` + `GridSample` (bilinear, zeros, align_corners=0) on NCHW images (NCDHW
+    volumes)."""
+    n = len(case.in_size)
+    out_shape = [case.batch, case.channels, *case.out_size]
+    size = helper.make_tensor("size", TensorProto.INT64, [n + 2], out_shape)
     nodes = [
         helper.make_node("AffineGrid", ["theta", "size"], ["grid"], align_corners=0),
         helper.make_node(
@@ -74,17 +76,11 @@ def native_model(case):
         "native_warp",
         [
             helper.make_tensor_value_info(
-                "images", TensorProto.FLOAT, [case.batch, case.channels, case.height, case.width]
+                "images", TensorProto.FLOAT, [case.batch, case.channels, *case.in_size]
             ),
-            helper.make_tensor_value_info("theta", TensorProto.FLOAT, [case.batch, 2, 3]),
+            helper.make_tensor_value_info("theta", TensorProto.FLOAT, [case.batch, n, n + 1]),
         ],
-        [
-            helper.make_tensor_value_info(
-                "output",
-                TensorProto.FLOAT,
-                [case.batch, case.channels, case.out_height, case.out_width],
-            )
-        ],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, out_shape)],
         initializer=[size],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
@@ -101,14 +97,14 @@ def build(case, inputs, task):
     ours_feed = dict(zip(names, (inputs["images"], inputs["theta"]), strict=True))
     native = _session(native_model(case))
     native_feed = {
-        "images": np.ascontiguousarray(inputs["images"].transpose(0, 3, 1, 2)),
+        "images": np.ascontiguousarray(np.moveaxis(inputs["images"], -1, 1)),
         "theta": inputs["theta"],
     }
     return {
         "onnx-ours": Contender(run=lambda: ours.run(None, ours_feed)[0], to_numpy=lambda out: out),
         "onnx-native": Contender(
             run=lambda: native.run(None, native_feed)[0],
-            to_numpy=lambda out: out.transpose(0, 2, 3, 1),
+            to_numpy=lambda out: np.moveaxis(out, 1, -1),
         ),
     }
 

@@ -46,8 +46,9 @@ def pixel_transforms(theta, in_size, out_size):
 
 
 def build(case, inputs, task):
-    """Contenders `tf-projective` and `keras-map-coordinates` (forward only)."""
-    if task != "forward":
+    """Contenders `tf-projective` and `keras-map-coordinates` (forward only, images only: TF's
+    projective transform is 2-D)."""
+    if task != "forward" or case.is_volume:
         return {}
     images = tf.constant(inputs["images"])
     transforms = pixel_transforms(inputs["theta"], (case.height, case.width), case.out_size)

@@ -17,21 +17,24 @@ def available():
 
 
 def build(case, inputs, task):
-    """Contenders `torch-nchw` and `torch-cl` (channels_last); none when torch is not installed."""
+    """Contenders `torch-nchw` and `torch-cl` (channels_last, `channels_last_3d` for volumes: NCDHW
+    and NDHWC); none when torch is not installed."""
     if torch is None:
         return {}
     if contenders.THREADS:
         torch.set_num_threads(contenders.THREADS)
-    size = (case.batch, case.channels, case.out_height, case.out_width)
-    nchw = torch.from_numpy(np.ascontiguousarray(inputs["images"].transpose(0, 3, 1, 2)))
+    size = (case.batch, case.channels, *case.out_size)
+
+    def channels_first(array):
+        return torch.from_numpy(np.ascontiguousarray(np.moveaxis(array, -1, 1)))
+
+    nchw = channels_first(inputs["images"])
     theta = torch.from_numpy(inputs["theta"])
-    upstream = torch.from_numpy(np.ascontiguousarray(inputs["upstream"].transpose(0, 3, 1, 2)))
+    upstream = channels_first(inputs["upstream"])
+    last = torch.channels_last_3d if case.is_volume else torch.channels_last
     layouts = {
         "torch-nchw": (nchw, upstream),
-        "torch-cl": (
-            nchw.contiguous(memory_format=torch.channels_last),
-            upstream.contiguous(memory_format=torch.channels_last),
-        ),
+        "torch-cl": (nchw.contiguous(memory_format=last), upstream.contiguous(memory_format=last)),
     }
 
     def forward(images, theta):
@@ -47,7 +50,7 @@ def build(case, inputs, task):
                 with torch.no_grad():
                     return forward(images, theta)
 
-            return Contender(run, to_numpy=lambda out: out.numpy().transpose(0, 2, 3, 1))
+            return Contender(run, to_numpy=lambda out: np.moveaxis(out.numpy(), 1, -1))
         wants_images = task == "backward_all"
 
         def run():
