@@ -2,15 +2,21 @@
 in one process, on the benchmark suite's cases and tasks.
 
     python -m benchmarks.ab --base REV [--threads 2] [--rounds 9] [--out FILE.md]
+    python -m benchmarks.ab --base REV --hlo     # compare XLA's optimized HLO instead of timing
 
 The base revision's `stn_keras` is extracted with `git archive` into a temporary folder and imported
 as `stn_keras_base`, so both versions run side by side in the same process and under the same load;
 each row's ratio is the working tree's median over the base's (above 1: the working tree is slower).
+With `--hlo` nothing is timed: each row says whether XLA's optimized HLO of the two versions is the
+same program (instruction and computation names aside), which settles a refactor's speed on CPU
+without the noise of timing. A case the base revision cannot run (volumes, before it had them) reads
+`n/a`.
 """
 
 import argparse
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import tempfile
@@ -37,12 +43,27 @@ def _extract(base, folder):
         path.write_text(text)
 
 
+def _hlo(fn, args):
+    """The lines of `fn`'s optimized HLO for `args`, with instruction, computation and metadata
+    names blanked: two versions that build the same program compare equal."""
+    text = fn.experimental_get_compiler_ir(*args)(stage="optimized_hlo")
+    text = re.sub(r"metadata=\{[^}]*\}", "", text)
+    text = re.sub(r"%[\w.\-]+", "%v", text)
+    text = re.sub(r"(calls|to_apply|condition|body)=[\w.\-%]+", r"\1=c", text)
+    text = re.sub(r"^[\w.\-]+ \{|^ENTRY [\w.\-%]+", "{", text, flags=re.M)
+    text = re.sub(r"\.\d+", "", text)
+    return [line.strip() for line in text.splitlines() if line.strip() and "HloModule" not in line]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ab", description=__doc__)
     parser.add_argument("--base", required=True, help="the git revision to compare against")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--out", default=None, help="also write the table to this markdown file")
+    parser.add_argument(
+        "--hlo", action="store_true", help="compare the optimized HLO instead of timing"
+    )
     args = parser.parse_args(argv)
 
     from benchmarks.contenders import set_threads
@@ -60,13 +81,21 @@ def main(argv=None):
         sys.path.insert(0, folder)
         import stn_keras_base
 
-        lines = [
-            f"`python -m benchmarks.ab --base {args.base} --threads {args.threads}`: ours-xla, "
-            f"median ms of {args.rounds} interleaved rounds.",
-            "",
-            "| case | task | base | working tree | ratio |",
-            "|---|---|---|---|---|",
-        ]
+        if args.hlo:
+            lines = [
+                f"`python -m benchmarks.ab --base {args.base} --hlo`: ours-xla's optimized HLO.",
+                "",
+                "| case | task | base lines | working tree lines | same program |",
+                "|---|---|---|---|---|",
+            ]
+        else:
+            lines = [
+                f"`python -m benchmarks.ab --base {args.base} --threads {args.threads}`: ours-xla, "
+                f"median ms of {args.rounds} interleaved rounds.",
+                "",
+                "| case | task | base | working tree | ratio |",
+                "|---|---|---|---|---|",
+            ]
         print("\n".join(lines), flush=True)
         for case in SUITE:
             inputs = {k: tf.constant(v) for k, v in make_inputs(case).items()}
@@ -74,15 +103,30 @@ def main(argv=None):
                 call = (inputs["images"], inputs["theta"])
                 if task != "forward":
                     call += (inputs["upstream"],)
-                contenders = {}
-                for name, module in (("base", stn_keras_base), ("tree", stn_keras)):
-                    fn = tf.function(task_functions(case.out_size, module)[task], jit_compile=True)
-                    contenders[name] = lambda fn=fn, call=call: fn(*call)
-                times = time_interleaved(contenders, rounds=args.rounds)
-                base, tree = times["base"]["median_ms"], times["tree"]["median_ms"]
-                lines.append(
-                    f"| {case.name} | {task} | {base:.3g} | {tree:.3g} | {tree / base:.2f} |"
-                )
+                fns = {
+                    name: tf.function(task_functions(case.out_size, module)[task], jit_compile=True)
+                    for name, module in (("base", stn_keras_base), ("tree", stn_keras))
+                }
+                try:
+                    fns["base"].get_concrete_function(*call)
+                    base_runs = True
+                except Exception:  # e.g. a volume, at a revision without volumes
+                    base_runs = False
+                if not base_runs:
+                    lines.append(f"| {case.name} | {task} | n/a | | |")
+                elif args.hlo:
+                    base, tree = (_hlo(fns[name], call) for name in ("base", "tree"))
+                    row = (len(base), len(tree), "yes" if base == tree else "**no**")
+                    lines.append(f"| {case.name} | {task} | {row[0]} | {row[1]} | {row[2]} |")
+                else:
+                    contenders = {
+                        name: lambda fn=fn, call=call: fn(*call) for name, fn in fns.items()
+                    }
+                    times = time_interleaved(contenders, rounds=args.rounds)
+                    base, tree = times["base"]["median_ms"], times["tree"]["median_ms"]
+                    lines.append(
+                        f"| {case.name} | {task} | {base:.3g} | {tree:.3g} | {tree / base:.2f} |"
+                    )
                 print(lines[-1], flush=True)
     if args.out:
         pathlib.Path(args.out).write_text("\n".join(lines) + "\n")

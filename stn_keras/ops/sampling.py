@@ -413,14 +413,16 @@ def _interpolate(images, pixels, finite, movable, axis_taps, constant_weights):
     def interpolate(images, pixels):
         flat = tf.reshape(images, [-1, channels])  # (B*[D*]H*W)xC
         # Per array axis ([z,] y, x): T tap indices, weights, slopes and insides, each B x out.
-        # Component k of the grid's (x, y[, z]) runs along array axis N - 1 - k.
-        indices, weights, slopes, inside = zip(
-            *(axis_taps(pixels[..., spatial - 1 - axis], in_size[axis]) for axis in range(spatial)),
-            strict=True,
-        )
-        slopes = [
-            [s * movable[..., spatial - 1 - axis] for s in slopes[axis]] for axis in range(spatial)
+        # Component k of the grid's (x, y[, z]) runs along array axis N - 1 - k; they are built
+        # in the grid's order, x first.
+        per_component = [
+            axis_taps(pixels[..., k], in_size[spatial - 1 - k]) for k in range(spatial)
         ]
+        per_component = [
+            (i, w, [s * movable[..., k] for s in slopes], inside)
+            for k, (i, w, slopes, inside) in enumerate(per_component)
+        ]
+        indices, weights, slopes, inside = zip(*reversed(per_component), strict=True)
         batch = tf.reshape(_batch_indices(images, pixels), [-1] + [1] * spatial)  # Bx1x..x1
         # Every tap: one tap position per array axis, the last axis (x) fastest.
         taps = list(itertools.product(*(range(len(i)) for i in indices)))
