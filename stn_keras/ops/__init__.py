@@ -1,6 +1,14 @@
 """Differentiable, XLA-ready spatial-transformer ops (channels-last, PyTorch semantics)."""
 
 from stn_keras.ops.coordinates import PADDING_MODES
+from stn_keras.ops.fields import (
+    affine_to_flow,
+    compose_flows,
+    integrate_velocity,
+    jacobian_determinant,
+    resize_flow,
+    warp,
+)
 from stn_keras.ops.grids import affine_grid, attention_grid, projective_grid
 from stn_keras.ops.sampling import INTERPOLATIONS, grid_sample
 from stn_keras.ops.tps import tps_grid
@@ -9,6 +17,12 @@ __all__ = [
     "INTERPOLATIONS",
     "PADDING_MODES",
     "affine_grid",
+    "affine_to_flow",
+    "compose_flows",
+    "integrate_velocity",
+    "jacobian_determinant",
+    "resize_flow",
+    "warp",
     "attention_grid",
     "grid_sample",
     "projective_grid",
