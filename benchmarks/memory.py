@@ -19,6 +19,7 @@ import sys
 from benchmarks.suite import Case, make_inputs
 
 MEMORY_TASK = "backward_all"
+WARP_MEMORY_TASK = "warp_backward"
 MEMORY_CONTENDERS = ("ours-graph", "ours-xla", "torch-nchw", "torch-cl")
 _ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 
@@ -66,8 +67,9 @@ def tf_peak_rise_mib(fn):
     return (tf.config.experimental.get_memory_info("CPU:0")["peak"] - before) / 2**20, "allocator"
 
 
-def measure(cases, families=("ours", "torch")):
-    """`[{case, contender, task, peak_mib, method}]` for `MEMORY_CONTENDERS` of `families` on each case."""
+def measure(cases, families=("ours", "torch"), task=MEMORY_TASK):
+    """`[{case, contender, task, peak_mib, method}]` for `MEMORY_CONTENDERS` of `families` on each
+    case, running `task` (`MEMORY_TASK`, or `WARP_MEMORY_TASK` for the warp's cases)."""
     from benchmarks.contenders import family_modules
 
     modules = family_modules(families).values()
@@ -76,7 +78,7 @@ def measure(cases, families=("ours", "torch")):
         inputs = make_inputs(case)
         contenders = {}
         for module in modules:
-            contenders.update(module.build(case, inputs, MEMORY_TASK))
+            contenders.update(module.build(case, inputs, task))
         for name in MEMORY_CONTENDERS:
             if name in contenders:
                 if name.startswith("ours-"):
@@ -87,7 +89,7 @@ def measure(cases, families=("ours", "torch")):
                     {
                         "case": case.name,
                         "contender": name,
-                        "task": MEMORY_TASK,
+                        "task": task,
                         "peak_mib": peak,
                         "method": method,
                     }
@@ -95,12 +97,15 @@ def measure(cases, families=("ours", "torch")):
     return results
 
 
-def measure_in_child(cases, families=("ours", "torch"), threads=None, timeout_s=900):
+def measure_in_child(
+    cases, families=("ours", "torch"), threads=None, timeout_s=900, task=MEMORY_TASK
+):
     """Run `measure` in a fresh Python with the allocator settings above; returns its records."""
     request = {
         "cases": [vars(case) for case in cases],
         "families": list(families),
         "threads": threads,
+        "task": task,
     }
     payload = json.dumps(request)
     env = {**os.environ, **_ENV}
@@ -125,4 +130,4 @@ if __name__ == "__main__":
 
         set_threads(request["threads"])
     cases = [Case(**fields) for fields in request["cases"]]
-    print(json.dumps(measure(cases, request["families"])))
+    print(json.dumps(measure(cases, request["families"], request["task"])))

@@ -7,6 +7,14 @@ TASK_TITLES = {
     "backward_theta": "Forward + backward w.r.t. theta (an STN on the network's input)",
     "backward_all": "Forward + backward w.r.t. images and theta (an STN mid-network)",
 }
+WARP_TITLES = {
+    "warp_forward": "Warp by a displacement field",
+    "warp_backward": "Warp, forward + backward w.r.t. images and field",
+}
+MEMORY_TITLES = {
+    "backward_all": "forward + backward w.r.t. images and theta",
+    "warp_backward": "the warp, forward + backward w.r.t. images and field",
+}
 # Column order of the tables; contenders missing from a run are left out.
 COLUMNS = (
     "ours-xla",
@@ -59,42 +67,60 @@ def _median(by_key, case, task, contender):
     return record["median_ms"] if record and "median_ms" in record else None
 
 
+def _versus_torch(by_key, case, task):
+    """`ours ms / torch ms (speed-up)` for one cell, torch being its faster layout."""
+    ours = _median(by_key, case, task, REFERENCE)
+    torch = [_median(by_key, case, task, c) for c in ("torch-nchw", "torch-cl")]
+    torch = min((t for t in torch if t is not None), default=None)
+    if ours is None:
+        return ""
+    if torch is None:
+        return f"{ours:.3g}"
+    return f"{ours:.3g} / {torch:.3g} ({torch / ours:.2f}x)"
+
+
 def summary(results):
     """Markdown lines of the headline table: `ours-xla` against torch's faster layout, per task.
 
     Each task's cell reads `ours ms / torch ms (speed-up)`, the speed-up being torch's time over
     ours (above 1: ours is faster); the last columns are `ours-xla`'s forward time over the memcpy
-    floor's and the time of an XLA-compiled call that does nothing (`xla-call`, forward).
+    floor's and the time of an XLA-compiled call that does nothing (`xla-call`, forward). The
+    warp's cases get a table of their own.
     """
     by_key = {(r["case"], r["task"], r["contender"]): r for r in results["timings"]}
-    cases = list(dict.fromkeys(r["case"] for r in results["timings"]))
-    header = [
-        "case",
-        "forward",
-        "fwd + bwd (theta)",
-        "fwd + bwd (images, theta)",
-        "fwd / memcpy",
-        "xla-call",
-    ]
-    rows = []
-    for case in cases:
-        row = [case]
-        for task in TASK_TITLES:
-            ours = _median(by_key, case, task, REFERENCE)
-            torch = [_median(by_key, case, task, c) for c in ("torch-nchw", "torch-cl")]
-            torch = min((t for t in torch if t is not None), default=None)
-            if ours is None:
-                row.append("")
-            elif torch is None:
-                row.append(f"{ours:.3g}")
-            else:
-                row.append(f"{ours:.3g} / {torch:.3g} ({torch / ours:.2f}x)")
-        ours, floor = (_median(by_key, case, "forward", c) for c in (REFERENCE, "memcpy"))
-        row.append(f"{ours / floor:.0f}x" if ours and floor else "")
-        call = _median(by_key, case, "forward", "xla-call")
-        row.append(f"{call:.3g}" if call else "")
-        rows.append(row)
-    return _table(header, rows)
+    lines = []
+    cases = list(dict.fromkeys(r["case"] for r in results["timings"] if r["task"] in TASK_TITLES))
+    if cases:
+        header = [
+            "case",
+            "forward",
+            "fwd + bwd (theta)",
+            "fwd + bwd (images, theta)",
+            "fwd / memcpy",
+            "xla-call",
+        ]
+        rows = []
+        for case in cases:
+            row = [case] + [_versus_torch(by_key, case, task) for task in TASK_TITLES]
+            ours, floor = (_median(by_key, case, "forward", c) for c in (REFERENCE, "memcpy"))
+            row.append(f"{ours / floor:.0f}x" if ours and floor else "")
+            call = _median(by_key, case, "forward", "xla-call")
+            row.append(f"{call:.3g}" if call else "")
+            rows.append(row)
+        lines += _table(header, rows)
+    warp_cases = list(
+        dict.fromkeys(r["case"] for r in results["timings"] if r["task"] in WARP_TITLES)
+    )
+    if warp_cases:
+        lines += [
+            "",
+            "The warp by a displacement field (`stn_keras.warp`; torch: `F.grid_sample` "
+            "on base grid + flow):",
+            "",
+        ]
+        rows = [[c] + [_versus_torch(by_key, c, task) for task in WARP_TITLES] for c in warp_cases]
+        lines += _table(["case", "warp", "warp fwd + bwd (images, field)"], rows)
+    return lines
 
 
 def markdown(results):
@@ -130,8 +156,9 @@ def markdown(results):
     lines += summary(results)
     records = results["timings"]
     cases = list(dict.fromkeys(r["case"] for r in records))
-    for task, title in TASK_TITLES.items():
+    for task, title in {**TASK_TITLES, **WARP_TITLES}.items():
         by_key = {(r["case"], r["contender"]): r for r in records if r["task"] == task}
+        cases = list(dict.fromkeys(r["case"] for r in records if r["task"] == task))
         columns = [c for c in COLUMNS if any((case, c) in by_key for case in cases)]
         if not columns:
             continue
@@ -147,12 +174,16 @@ def markdown(results):
                 for case in cases
             ]
             lines += _table(["case"] + others, rows)
-    if results.get("memory"):
-        memory = {(r["case"], r["contender"]): r["peak_mib"] for r in results["memory"]}
+    for task, title in MEMORY_TITLES.items():
+        records_of_task = [r for r in results.get("memory", []) if r.get("task") == task]
+        if not records_of_task:
+            continue
+        memory = {(r["case"], r["contender"]): r["peak_mib"] for r in records_of_task}
+        cases = list(dict.fromkeys(r["case"] for r in records_of_task))
         columns = [c for c in COLUMNS if any((case, c) in memory for case in cases)]
         lines += [
             "",
-            "## Peak memory of forward + backward w.r.t. images and theta",
+            f"## Peak memory of {title}",
             "",
             "Peak memory during one call above the level before it, MiB: TensorFlow's allocator "
             "statistics for ours, the peak resident set size for torch (see `benchmarks/memory.py`):",
@@ -174,10 +205,14 @@ def markdown(results):
             "",
         ]
         names = list(dict.fromkeys(c["contender"] for c in checks))
-        diffs = {(c["case"], c["contender"]): c["max_abs_diff"] for c in checks}
+        diffs = {
+            (c["case"], c.get("task", "forward"), c["contender"]): c["max_abs_diff"] for c in checks
+        }
+        keys = list(dict.fromkeys((c["case"], c.get("task", "forward")) for c in checks))
         rows = [
-            [case] + [f"{diffs[(case, n)]:.1e}" if (case, n) in diffs else "" for n in names]
-            for case in cases
+            [f"{case} ({task})"]
+            + [f"{diffs[(case, task, n)]:.1e}" if (case, task, n) in diffs else "" for n in names]
+            for case, task in keys
         ]
         lines += _table(["case"] + names, rows)
     errors = [r for r in records if "error" in r]

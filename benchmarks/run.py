@@ -23,7 +23,16 @@ import numpy as np  # noqa: E402
 
 from benchmarks import memory, report, timing  # noqa: E402
 from benchmarks.contenders import FAMILIES  # noqa: E402
-from benchmarks.suite import QUICK_SUITE, SUITE, TASKS  # noqa: E402
+from benchmarks.suite import (  # noqa: E402
+    QUICK_SUITE,
+    QUICK_WARP_SUITE,
+    SUITE,
+    TASKS,
+    WARP_SUITE,
+    WARP_TASKS,
+)
+
+ALL_TASKS = TASKS + WARP_TASKS
 
 # The forward outputs are compared with this contender's.
 CHECK_REFERENCE = "ours-graph"
@@ -44,7 +53,9 @@ def _parse(argv):
         default=",".join(FAMILIES),
         help=f"comma-separated contender families to run, from {tuple(FAMILIES)}. Defaults to all.",
     )
-    parser.add_argument("--tasks", default=",".join(TASKS), help=f"from {TASKS}. Defaults to all.")
+    parser.add_argument(
+        "--tasks", default=",".join(ALL_TASKS), help=f"from {ALL_TASKS}. Defaults to all."
+    )
     parser.add_argument(
         "--suite",
         choices=("all", "images", "volumes"),
@@ -66,7 +77,7 @@ def _parse(argv):
     args.tasks = [t for t in args.tasks.split(",") if t]
     for value, allowed, flag in (
         (args.families, tuple(FAMILIES), "families"),
-        (args.tasks, TASKS, "tasks"),
+        (args.tasks, ALL_TASKS, "tasks"),
     ):
         unknown = sorted(set(value) - set(allowed))
         if unknown:
@@ -124,7 +135,7 @@ def _machine(modules):
     }
 
 
-def _check_forward(case, contenders):
+def _check_forward(case, contenders, task="forward"):
     """Max |output - reference output| of every forward contender that yields a warp."""
     outputs = {}
     for name, contender in contenders.items():
@@ -139,6 +150,7 @@ def _check_forward(case, contenders):
     return [
         {
             "case": case.name,
+            "task": task,
             "contender": name,
             "max_abs_diff": float(np.max(np.abs(out - reference)))
             if out.shape == reference.shape
@@ -170,13 +182,21 @@ def main(argv=None):
         "memory": [],
     }
     cases = QUICK_SUITE if args.quick else SUITE
+    warp_cases = QUICK_WARP_SUITE if args.quick else WARP_SUITE
     if args.suite != "all":
-        cases = tuple(c for c in cases if c.is_volume == (args.suite == "volumes"))
+        cases, warp_cases = (
+            tuple(c for c in group if c.is_volume == (args.suite == "volumes"))
+            for group in (cases, warp_cases)
+        )
     from benchmarks.suite import make_inputs
 
-    for case in cases:
+    runs = [(c, [t for t in args.tasks if t in TASKS]) for c in cases]
+    runs += [(c, [t for t in args.tasks if t in WARP_TASKS]) for c in warp_cases]
+    for case, tasks in runs:
+        if not tasks:
+            continue
         inputs = make_inputs(case)
-        for task in args.tasks:
+        for task in tasks:
             contenders = {}
             for family, module in modules.items():
                 try:
@@ -190,8 +210,8 @@ def main(argv=None):
                             "error": f"{type(error).__name__}: {error}"[:500],
                         }
                     )
-            if task == "forward":
-                results["checks"] += _check_forward(case, contenders)
+            if task in ("forward", "warp_forward"):
+                results["checks"] += _check_forward(case, contenders, task)
             timings = timing.time_interleaved(
                 {name: c.run for name, c in contenders.items()}, rounds=args.rounds
             )
@@ -200,8 +220,14 @@ def main(argv=None):
                     {"case": case.name, "task": task, "contender": name, **stats}
                 )
             print(_progress(case, task, timings), flush=True)
-    if not args.no_memory and "backward_all" in args.tasks and "ours" in modules:
-        results["memory"] = memory.measure_in_child(cases, list(modules), args.threads)
+    if not args.no_memory and "ours" in modules:
+        families = list(modules)
+        if "backward_all" in args.tasks:
+            results["memory"] += memory.measure_in_child(cases, families, args.threads)
+        if "warp_backward" in args.tasks:
+            results["memory"] += memory.measure_in_child(
+                warp_cases, families, args.threads, task="warp_backward"
+            )
     results["machine"]["loadavg_end"] = list(os.getloadavg())
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, args.name)

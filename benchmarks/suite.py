@@ -9,6 +9,9 @@ import numpy as np
 # network's input); "backward_all" w.r.t. images and theta (an STN mid-network). Both include the
 # forward pass.
 TASKS = ("forward", "backward_theta", "backward_all")
+# Warping by a dense displacement field (registration): "warp_forward", and "warp_backward" w.r.t.
+# the images and the field (with the forward pass). They run on `WARP_SUITE`.
+WARP_TASKS = ("warp_forward", "warp_backward")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +76,23 @@ SUITE = (
     case(1, 160, 192, 224, 1),
 )
 QUICK_SUITE = (case(4, 16, 16, 3, out_size=(12, 20)), case(2, 6, 8, 10, 2, out_size=(5, 6, 7)))
+# The warp's cases: a 2-D batch and the brain-MRI volume.
+WARP_SUITE = (case(8, 224, 224, 3), case(1, 160, 192, 224, 1))
+QUICK_WARP_SUITE = (case(2, 8, 10, 2), case(1, 4, 6, 8, 1))
+
+
+def _smooth_flow(rng, batch, size, amplitude=3.0):
+    """`(batch, *size, N)` displacements in pixels ("ij"): a few sines of low frequency per
+    component, up to `amplitude` pixels, like a registration network's fields (a random field per
+    pixel would make every gather a cache miss)."""
+    axes = np.meshgrid(*(np.linspace(0.0, 1.0, n) for n in size), indexing="ij")
+    flow = np.empty((batch, *size, len(size)))
+    for b in range(batch):
+        for k in range(len(size)):
+            freq = rng.uniform(0.5, 2.0, len(size))
+            phase = sum(f * a for f, a in zip(freq, axes, strict=True))
+            flow[b, ..., k] = amplitude * np.sin(2 * np.pi * phase + rng.uniform(0, 2 * np.pi))
+    return flow
 
 
 def _volume_thetas(rng, batch):
@@ -98,8 +118,9 @@ def make_inputs(case, seed=0):
     Returns:
         A dict of numpy arrays: `images` `(B, *in_size, C)`, `theta` `(B, 2, 3)` or `(B, 3, 4)`
         (rotations up to 30 degrees, zooms of 0.8-1.2, shifts up to 0.2, so a few taps fall outside
-        the image) and `upstream` `(B, *out_size, C)`, the output gradient the backward passes
-        start from.
+        the image), `upstream` `(B, *out_size, C)`, the output gradient the backward passes
+        start from, and for the warp `flow` `(B, *in_size, N)` (smooth, up to 3 pixels) and
+        `warp_upstream` `(B, *in_size, C)`.
     """
     rng = np.random.default_rng(seed)
     b = case.batch
@@ -115,8 +136,12 @@ def make_inputs(case, seed=0):
         )
     images = rng.standard_normal((b, *case.in_size, case.channels))
     upstream = rng.standard_normal((b, *case.out_size, case.channels))
+    flow = _smooth_flow(rng, b, case.in_size)
+    warp_upstream = rng.standard_normal(images.shape)
     return {
         "images": images.astype(np.float32),
         "theta": theta.astype(np.float32),
         "upstream": upstream.astype(np.float32),
+        "flow": flow.astype(np.float32),
+        "warp_upstream": warp_upstream.astype(np.float32),
     }

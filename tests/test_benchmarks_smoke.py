@@ -3,7 +3,7 @@
 import json
 
 from benchmarks import memory, run
-from benchmarks.suite import QUICK_SUITE, TASKS
+from benchmarks.suite import QUICK_SUITE, QUICK_WARP_SUITE, TASKS, WARP_TASKS
 
 # torch is optional (the `bench` extra) and tests never import it: run the families that need no torch.
 FAMILIES = ("ours", "tf", "onnx", "floors")
@@ -26,11 +26,20 @@ def test_quick_run_writes_json_and_markdown_with_every_row(tmp_path):
         "memcpy",
     ):
         assert ("forward", contender) in timed
+    for task in WARP_TASKS:
+        for mode in ("eager", "graph", "xla"):
+            assert (task, f"ours-{mode}") in timed
+    assert {r["case"] for r in results["timings"] if r["task"] in WARP_TASKS} == {
+        c.name for c in QUICK_WARP_SUITE
+    }
     assert not [r for r in results["timings"] if "error" in r]
     assert not any(r["contender"].startswith("torch") for r in results["timings"])
     # The harness compares every warp's output with ours: they must all compute the same thing.
     diffs = {c["contender"]: c["max_abs_diff"] for c in results["checks"]}
     assert set(diffs) >= {"ours-xla", "tf-projective", "onnx-ours", "onnx-native"}
+    assert {c["case"] for c in results["checks"] if c["task"] == "warp_forward"} == {
+        c.name for c in QUICK_WARP_SUITE
+    }
     assert max(diffs.values()) < 1e-4
     assert len(results["machine"]["loadavg_end"]) == 3 and results["machine"]["cpu_model"]
 
@@ -38,6 +47,7 @@ def test_quick_run_writes_json_and_markdown_with_every_row(tmp_path):
     for heading in (
         "## Forward",
         "## Forward + backward w.r.t. theta",
+        "## Warp by a displacement field",
         "Time relative to `ours-xla`",
     ):
         assert heading in markdown

@@ -1,4 +1,5 @@
-"""stn-keras's `affine_grid` + `grid_sample`, eagerly, in `tf.function` and XLA-compiled."""
+"""stn-keras's `affine_grid` + `grid_sample` (and `warp` by a displacement field), eagerly, in
+`tf.function` and XLA-compiled."""
 
 import tensorflow as tf
 
@@ -27,17 +28,36 @@ def task_functions(out_size, ops=stn_keras):
             out = forward(images, theta)
         return out, tape.gradient(out, [images, theta], output_gradients=upstream)
 
-    return {"forward": forward, "backward_theta": backward_theta, "backward_all": backward_all}
+    def warp_forward(images, flow):
+        return ops.warp(images, flow)
+
+    def warp_backward(images, flow, upstream):
+        with tf.GradientTape() as tape:
+            tape.watch([images, flow])
+            out = warp_forward(images, flow)
+        return out, tape.gradient(out, [images, flow], output_gradients=upstream)
+
+    return {
+        "forward": forward,
+        "backward_theta": backward_theta,
+        "backward_all": backward_all,
+        "warp_forward": warp_forward,
+        "warp_backward": warp_backward,
+    }
+
+
+def task_arguments(task):
+    """The names of `make_inputs`' arrays a task function takes, in order."""
+    if task.startswith("warp"):
+        return ("images", "flow") + (("warp_upstream",) if task == "warp_backward" else ())
+    return ("images", "theta") + (("upstream",) if task != "forward" else ())
 
 
 def build(case, inputs, task):
     """Contenders `ours-eager`, `ours-graph` and `ours-xla` for any task."""
     fn = task_functions(case.out_size)[task]
-    tensors = {name: tf.constant(value) for name, value in inputs.items()}
-    args = (tensors["images"], tensors["theta"])
-    if task != "forward":
-        args += (tensors["upstream"],)
-    to_numpy = (lambda out: out.numpy()) if task == "forward" else None
+    args = tuple(tf.constant(inputs[name]) for name in task_arguments(task))
+    to_numpy = (lambda out: out.numpy()) if task in ("forward", "warp_forward") else None
     variants = {
         "ours-eager": fn,
         "ours-graph": tf.function(fn),
