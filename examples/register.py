@@ -217,8 +217,10 @@ def export_and_check(model, path, moving, fixed):
     import onnxruntime as ort
 
     from stn_keras.export import export_onnx
+    from stn_keras.quiet import quiet_third_party
 
-    report = export_onnx(model, path, native_gridsample=True, force=True)
+    with quiet_third_party(verbose=False):  # tf2onnx's deprecation notices
+        report = export_onnx(model, path, native_gridsample=True, force=True)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     warped, flow = session.run(None, {"moving": moving, "fixed": fixed})
     expected = model.predict([moving, fixed], verbose=0)

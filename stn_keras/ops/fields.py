@@ -268,10 +268,10 @@ def jacobian_determinant(flow, indexing="ij"):
     """
     flow = _check_field(flow)
     dtype = coordinates.compute_dtype(flow.dtype)
-    flow = tf.cast(flow, dtype)
-    if indexing == "xy":
-        flow = tf.reverse(flow, axis=[-1])
     check_choice("indexing", indexing, INDEXINGS)
+    flow = tf.cast(flow, dtype)
+    if indexing == "xy":  # to "ij": components in array order
+        flow = tf.reverse(flow, axis=[-1])
     spatial = flow.shape.rank - 2
     # rows[k][a] = d (p_k + u_k) / d p_a, with components and axes in array order.
     derivatives = [_gradient(flow, axis=1 + a) for a in range(spatial)]  # each B x size x N
