@@ -102,7 +102,12 @@ def flow_to_grid(flow, indexing="ij"):
     base = coordinates.base_grid(size, False, dtype)[..., :spatial]  # size x N, (x, y[, z])
     # One pixel is 2 / n in normalised units (align_corners=False), n in (x, y[, z]) order.
     scale = 2.0 / tf.cast(tf.stack(size[::-1]), dtype)
-    return base + _to_xy(tf.cast(flow, dtype), indexing) * scale
+    displacement = _to_xy(tf.cast(flow, dtype), indexing) * scale
+    # A reduction over the two terms rather than their sum, as in `grids.map_output_positions`:
+    # XLA then writes the grid to memory once instead of recomputing it inside every loop of the
+    # sampler that reads it, which keeps those loops vectorised.
+    terms = tf.stack([tf.broadcast_to(base, tf.shape(displacement)), displacement], axis=-1)
+    return tf.reduce_sum(terms, axis=-1)
 
 
 def warp(images, flow, interpolation="bilinear", padding_mode="zeros", indexing="ij"):
