@@ -1,7 +1,7 @@
 """Time our sampler against the alternatives, side by side in one run; write JSON and markdown.
 
     python -m benchmarks.run --out benchmarks/results            # the full suite, a few minutes
-    python -m benchmarks.run --out /tmp/bench --quick            # two tiny shapes, a smoke test
+    python -m benchmarks.run --out /tmp/bench --quick            # tiny shapes, a smoke test
     python -m benchmarks.run --out benchmarks/results --suite volumes    # the volume cases only
 
 Writes `OUT/NAME.json` (every timing, the machine, versions and load) and `OUT/NAME.md` (tables of
