@@ -115,6 +115,19 @@ def test_warp_gradient_matches_finite_differences(kind, jit):
     np.testing.assert_allclose(d_flow, fd_flow, atol=1e-5, err_msg="d/dflow")
 
 
+@pytest.mark.parametrize("mode", ["eager", "xla"])
+def test_non_finite_displacements_read_zero_and_spare_other_samples(mode):
+    rng = np.random.default_rng(8)
+    images, flow = rng.normal(size=(2, 4, 5, 1)), rng.uniform(-1, 1, size=(2, 4, 5, 2))
+    flow[0, 1, 2] = [np.nan, 0.0]
+    flow[0, 3, 0] = [0.0, np.inf]
+    images[1, 0, 0] = np.nan  # sample 1's NaN pixel never reaches sample 0
+    out = run_op(warp, images, flow, mode=mode, padding_mode="border").numpy()
+    np.testing.assert_array_equal(out[0, 1, 2], 0.0)
+    np.testing.assert_array_equal(out[0, 3, 0], 0.0)
+    assert np.isfinite(out[0]).all()
+
+
 # ---- velocity integration -----------------------------------------------------------------------------
 
 
