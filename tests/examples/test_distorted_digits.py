@@ -31,6 +31,25 @@ def test_sklearn_digits_sit_centred_on_a_28x28_frame(digits):
     assert np.all(x_train.sum(axis=(1, 2)) > 10.0)
 
 
+def test_mnist5k_is_mlxtends_5000_real_digits_at_native_resolution():
+    x_train, y_train, x_test, y_test = dd.load_digits_frames(data="mnist5k")
+    assert x_train.shape == (4000, 28, 28) and x_test.shape == (1000, 28, 28)
+    assert x_train.dtype == np.float32 and x_train.min() == 0.0 and x_train.max() == 1.0
+    # 500 digits per class, split 400 / 100 (stratified).
+    assert np.all(np.bincount(y_train) == 400) and np.all(np.bincount(y_test) == 100)
+    # MNIST centres each digit's mass on the frame: the mean image's centroid is its centre.
+    mean = x_train.mean(axis=0)
+    rows, cols = np.mgrid[:28, :28]
+    centroid = np.array([(rows * mean).sum(), (cols * mean).sum()]) / mean.sum()
+    np.testing.assert_allclose(centroid, [13.5, 13.5], atol=1.0)
+    assert dd.distort(x_test[:3], "RTS", np.random.default_rng(0)).shape == (3, 42, 42, 1)
+
+
+def test_unknown_dataset_raises():
+    with pytest.raises(ValueError, match="`data`"):
+        dd.load_digits_frames(data="cifar")
+
+
 def test_mnist_file_goes_through_the_same_pipeline(tmp_path):
     rng = np.random.default_rng(0)
     path = tmp_path / "mnist.npz"
