@@ -28,6 +28,7 @@ rather than hanging.
 import argparse
 import contextlib
 import json
+import math
 import os
 import pathlib
 import signal
@@ -163,6 +164,10 @@ def _callbacks(watchdog, index, kill_worker, kill_at_epoch):
     return [ClusterFormed(), KillSelf()]
 
 
+def _rounded(value):
+    return None if math.isnan(value) else round(value, 1)
+
+
 def run_worker(args):
     """Train as one worker (or alone without `TF_CONFIG`); write this worker's outputs."""
     cluster = _cluster()
@@ -235,7 +240,8 @@ def run_worker(args):
                     "test_accuracy": test_accuracy,
                     "epochs": args.epochs,
                     "initial_epoch": result["initial_epoch"],
-                    "images_per_second": round(steady_throughput(result["history"]), 1),
+                    # None when a rerun found every epoch done (nothing was timed).
+                    "images_per_second": _rounded(steady_throughput(result["history"])),
                     "global_batch_size": args.batch_size,
                     "train_images": len(x_train),
                     "test_images": len(x_test),
@@ -250,7 +256,7 @@ def run_worker(args):
                 )
                 print(
                     f"test accuracy {100 * test_accuracy:.2f}% on {len(x_test)} images; "
-                    f"{metrics['images_per_second']:.0f} images/s on {workers} worker(s); "
+                    f"{metrics['images_per_second']} images/s on {workers} worker(s); "
                     f"wrote {out}",
                     flush=True,
                 )
@@ -289,6 +295,11 @@ def launch(args, argv):
     out = claim_output(args.out)
     (out / "logs").mkdir(exist_ok=True)
     addresses = [f"127.0.0.1:{port}" for port in free_ports(args.workers)]
+    # The workers share this machine's CPUs: by default each TensorFlow process sizes its thread
+    # pools to every CPU, and N such processes oversubscribe them (benchmarks/train_step.py).
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = str(max(1, (cpus or 1) // args.workers))
+    pools = {"TF_NUM_INTRAOP_THREADS": threads, "TF_NUM_INTEROP_THREADS": threads}
     processes, logs = [], []
     try:
         for index in range(args.workers):
@@ -299,13 +310,17 @@ def launch(args, argv):
                 processes.append(
                     subprocess.Popen(
                         [sys.executable, "-m", "examples.multiworker", *argv],
-                        env={**os.environ, "TF_CONFIG": json.dumps(config)},
+                        env={**pools, **os.environ, "TF_CONFIG": json.dumps(config)},
                         stdout=log,
                         stderr=subprocess.STDOUT,
                         start_new_session=True,  # its own process group, killed as one
                     )
                 )
-        print(f"launched {args.workers} workers on {', '.join(addresses)}; logs in {out / 'logs'}")
+        print(
+            f"launched {args.workers} workers on {', '.join(addresses)} "
+            f"({os.environ.get('TF_NUM_INTRAOP_THREADS', threads)} threads each); "
+            f"logs in {out / 'logs'}"
+        )
         shown = 0
         while True:
             # Echo the chief's epoch lines as they come.

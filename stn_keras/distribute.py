@@ -127,18 +127,26 @@ class DistributedTrainer:
     # ------------------------------------------------------------------------------------------
     # Data
 
-    def _epoch_dataset(self, x, y, epoch, seed, steps, context):
-        """This input pipeline's per-replica batches of one epoch (`context`: tf.distribute)."""
+    def _dataset(self, x, y, epochs, seed, steps, context):
+        """This input pipeline's per-replica batches of `epochs` (`context`: tf.distribute).
+
+        One dataset for the whole run, so that no epoch pays for a new distributed iterator.
+        """
         replicas = context.num_replicas_in_sync
         per_replica = context.get_per_replica_batch_size(self._global_batch)
         local = replicas // context.num_input_pipelines  # replicas fed by this pipeline
-        order = np.random.default_rng([seed, epoch]).permutation(len(x))
-        order = order[: steps * self._global_batch].reshape(steps, replicas, per_replica)
         first = context.input_pipeline_id * local
-        # Consecutive elements of a pipeline's dataset go to its replicas in turn.
-        rows = order[:, first : first + local].reshape(steps * local, per_replica)
-        return tf.data.Dataset.from_tensor_slices(rows).map(
-            lambda index: (tf.gather(x, index), tf.gather(y, index))
+        rows = []
+        for epoch in epochs:
+            order = np.random.default_rng([seed, epoch]).permutation(len(x))
+            order = order[: steps * self._global_batch].reshape(steps, replicas, per_replica)
+            # Consecutive elements of a pipeline's dataset go to its replicas in turn.
+            rows.append(order[:, first : first + local].reshape(steps * local, per_replica))
+        # Prefetch: the next batch's gather runs while this step computes.
+        return (
+            tf.data.Dataset.from_tensor_slices(np.concatenate(rows))
+            .map(lambda index: (tf.gather(x, index), tf.gather(y, index)))
+            .prefetch(2)
         )
 
     # ------------------------------------------------------------------------------------------
@@ -246,14 +254,17 @@ class DistributedTrainer:
         callbacks = keras.callbacks.CallbackList(list(callbacks), model=self.model)
         callbacks.on_train_begin()
         history = []
+        if initial_epoch < epochs:
+            run = range(initial_epoch, epochs)
+            iterator = iter(
+                self.strategy.distribute_datasets_from_function(
+                    lambda context: self._dataset(x, y, run, seed, steps, context)
+                )
+            )
         for epoch in range(initial_epoch, epochs):
             callbacks.on_epoch_begin(epoch)
             for metric in self.metrics:
                 metric.reset_state()
-            batches = self.strategy.distribute_datasets_from_function(
-                lambda context, epoch=epoch: self._epoch_dataset(x, y, epoch, seed, steps, context)
-            )
-            iterator = iter(batches)
             start = time.perf_counter()
             total = 0.0
             for _ in range(steps):

@@ -81,3 +81,31 @@ def test_peak_memory_falls_back_to_rss_without_allocator_statistics(monkeypatch)
 
     monkeypatch.setattr(tf.config.experimental, "reset_memory_stats", unavailable)
     _check_memory_records(memory.measure(QUICK_SUITE[:1], families=("ours",)), "rss")
+
+
+def test_train_step_report_gives_ratios_and_the_transformers_share():
+    from benchmarks import train_step
+
+    per_step_ms = {
+        "keras-fit": 40.0,
+        "keras-fit classifier only": 10.0,
+        "torch-eager": 20.0,
+        "torch-eager classifier only": 8.0,
+    }
+    rows = {
+        name: {"images_per_second": train_step.BATCH * 1e3 / ms, "how": "t"}
+        for name, ms in per_step_ms.items()
+    }
+    rows["trainer-2-workers"] = {"error": "worker 1 failed", "how": ""}
+    results = {
+        "command": "c",
+        "commit": "abc",
+        "date": "d",
+        "machine": {"cpu_model": "cpu", "cpu_count": 2, "versions": {"tensorflow": "2"}},
+        "contenders": rows,
+    }
+    markdown = train_step.markdown(results)
+    assert "| keras-fit | 1600 | 1.00x | t |" in markdown
+    assert "| torch-eager | 3200 | 2.00x | t |" in markdown
+    assert "| trainer-2-workers | error | | worker 1 failed |" in markdown
+    assert "ours (`keras-fit`) 30.0 ms of 40.0 ms; torch eager 12.0 ms of 20.0 ms" in markdown
