@@ -269,10 +269,8 @@ def run(
         test_moving, test_fixed = digit_pairs(test_pairs, rng, "test")
     shape = moving.shape[1:]
     results, models, start = {}, {}, time.time()
-    for name, integrate in (
-        ("velocity + IntegrateVelocity", True),
-        ("displacement (baseline)", False),
-    ):
+    variants = [("velocity + IntegrateVelocity", True), ("displacement (baseline)", False)]
+    for name, integrate in variants if baseline else variants[:1]:
         model = build_model(shape, integrate=integrate, steps=steps)
         if verbose:
             print(f"Training {name} on {len(moving)} pairs of {shape}")

@@ -2,14 +2,15 @@
 `tf.distribute.MultiWorkerMirroredStrategy`, with checkpoint-based resume.
 
 Why not `model.fit`: under `MultiWorkerMirroredStrategy` with two or more workers, Keras 3's
-TensorFlow trainer (3.8 through 3.15) fails before the first step. `fit` first builds the model
-symbolically from one batch and, to get that batch, calls `strategy.reduce("MEAN", (x, y))` on the
-whole `(x, y)` tuple; the multi-worker strategy's reduce accepts one distributed value, not a
-tuple, and raises `ValueError: Attempt to convert a value (PerReplica:...)`. Working around that
-(a model subclass overriding the private `_maybe_symbolic_build`) only reaches the next defect:
-`reduce_per_replica` averages the per-step scalar metrics with `reduce("MEAN", v, axis=0)`, which
-fails on a scalar. Both are private Keras code paths, so `DistributedTrainer` does not patch them;
-it runs its own step with `strategy.run`, a Keras optimizer and Keras metrics.
+TensorFlow trainer fails before the first step (measured with Keras 3.15; 3.8 has the same code).
+`fit` first builds the model symbolically from one batch and, to get that batch, calls
+`strategy.reduce("MEAN", (x, y))` on the whole `(x, y)` tuple; the multi-worker strategy's reduce
+accepts one distributed value, not a tuple, and raises `ValueError: Attempt to convert a value
+(PerReplica:...)`. Working around that (a model subclass overriding the private
+`_maybe_symbolic_build`) only reaches the next defect: `reduce_per_replica` averages the per-step
+scalar metrics with `reduce("MEAN", v, axis=0)`, which fails on a scalar. Both are private Keras
+code paths, so `DistributedTrainer` does not patch them; it runs its own step with `strategy.run`,
+a Keras optimizer and Keras metrics.
 """
 
 import math
