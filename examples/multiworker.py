@@ -120,22 +120,22 @@ if not ready:  # no word from the worker: print why, then end it
 class _Watchdog:
     """Ends this process (SIGKILL) with a clear error if the cluster has not formed in time.
 
-    Cancelled by closing the watcher's stdin, which also happens when this process ends.
+    Cancelled by closing the watcher's stdin, which also happens when this process ends. With
+    `seconds=None` (no cluster) it watches nothing.
     """
 
     def __init__(self, seconds, describe):
-        self._command = [
-            sys.executable,
-            "-c",
-            _WATCH,
-            str(os.getpid()),
-            str(seconds),
-            f"error: the cluster did not form within {seconds:g} s ({describe})",
-        ]
+        self._seconds, self._describe = seconds, describe
         self._process = None
 
     def __enter__(self):
-        self._process = subprocess.Popen(self._command, stdin=subprocess.PIPE)
+        if self._seconds is None:  # nothing to watch
+            return self
+        message = f"error: the cluster did not form within {self._seconds:g} s ({self._describe})"
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", _WATCH, str(os.getpid()), str(self._seconds), message],
+            stdin=subprocess.PIPE,
+        )
         return self
 
     def __exit__(self, *exc):
@@ -176,7 +176,7 @@ def run_worker(args):
         check_port_free(addresses[index])
     out = claim_output(args.out)
     describe = f"worker {index} of {len(addresses)}: {', '.join(addresses)}"
-    with _Watchdog(args.cluster_timeout, describe) as watchdog:
+    with _Watchdog(args.cluster_timeout if cluster else None, describe) as watchdog:
         import keras
         import numpy as np
         import tensorflow as tf
