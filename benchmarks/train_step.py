@@ -165,7 +165,8 @@ def worker_throughput(workers, epochs, max_train, threads=None):
         result = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
         if result.returncode != 0:
             return {"error": (result.stderr.strip().splitlines() or ["?"])[-1][:500]}
-        metrics = json.loads(open(os.path.join(out, "metrics.json")).read())
+        with open(os.path.join(out, "metrics.json")) as file:
+            metrics = json.load(file)
     epochs_timed = metrics["history"][1:]
     return {
         "images_per_second": metrics["images_per_second"],

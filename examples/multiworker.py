@@ -281,7 +281,8 @@ def free_ports(count):
 
 def _error_line(log_path, returncode):
     """One line saying why a worker failed: its last `error:` line, else its last line."""
-    lines = [line.strip() for line in pathlib.Path(log_path).read_text().splitlines()]
+    text = pathlib.Path(log_path).read_text(errors="replace")
+    lines = [line.strip() for line in text.splitlines()]
     lines = [line for line in lines if line]
     marked = [line for line in lines if line.startswith("error:")]
     if returncode < 0:  # a signal: its last words are not the reason
@@ -324,7 +325,7 @@ def launch(args, argv):
         shown = 0
         while True:
             # Echo the chief's epoch lines as they come.
-            lines = logs[0].read_text().splitlines()
+            lines = logs[0].read_text(errors="replace").splitlines()
             for line in lines[shown:]:
                 if line.startswith(("epoch ", "test accuracy")):
                     print(f"[worker 0] {line}", flush=True)

@@ -297,11 +297,13 @@ class DistributedTrainer:
         Returns:
             A numpy array of the outputs, `(N, ...)`.
         """
+        # An empty `x` still runs once, so that the result has the outputs' trailing shape.
+        starts = range(0, len(x), batch_size) or [0]
         outputs = [
             self._predict_step(tf.constant(x[start : start + batch_size])).numpy()
-            for start in range(0, len(x), batch_size)
+            for start in starts
         ]
-        return np.concatenate(outputs) if outputs else np.zeros((0,))
+        return np.concatenate(outputs)
 
 
 def steady_throughput(history):

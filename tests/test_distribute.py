@@ -100,5 +100,12 @@ def test_bad_arguments_raise(batch_size, x_rows, message):
         _linear_trainer().fit(x[:x_rows], y, batch_size=batch_size, epochs=1)
 
 
+def test_predict_keeps_the_output_shape_for_an_empty_batch():
+    x, _ = _data()
+    trainer = _linear_trainer()
+    assert trainer.predict(x, batch_size=5).shape == (N, 1)
+    assert trainer.predict(x[:0]).shape == (0, 1)
+
+
 def test_outside_a_cluster_this_process_is_the_only_worker_and_chief():
     assert worker_task() == (0, 1, True)
