@@ -83,11 +83,12 @@ def trainer_steps(steps):
 
     from stn_keras.distribute import DistributedTrainer
 
-    trainer = DistributedTrainer(
-        _keras_model(),
-        keras.optimizers.Adam(2e-3),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    model = _keras_model()
+    model.compile(
+        optimizer=keras.optimizers.Adam(2e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
+    trainer = DistributedTrainer(model)
     x, y = _inputs()
     x, y = np.tile(x, (steps, 1, 1, 1)), np.tile(y, steps)
     return lambda: trainer.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)

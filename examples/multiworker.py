@@ -20,7 +20,9 @@ It writes to `--out`:
 
 Fault tolerance: rerunning the command on the same `--out` resumes from the last epoch that every
 worker finished. A worker that fails makes the launcher stop the others and exit non-zero with
-that worker's error on one line. A port in use is an error (exit code 2); a worker whose cluster
+that worker's error on one line. SIGTERM, SIGHUP or SIGINT to the launcher (a scheduler, `timeout`,
+Ctrl-C) kills every worker's process group, writes nothing more and exits with 128 + the signal's
+number and one line; a rerun resumes. A port in use is an error (exit code 2); a worker whose cluster
 has not formed within `--cluster-timeout` seconds prints why and ends (SIGKILL, exit status 137)
 rather than hanging.
 """
@@ -28,52 +30,35 @@ rather than hanging.
 import argparse
 import contextlib
 import json
-import math
 import os
 import pathlib
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 
-MARKER = ".stn-keras-multiworker"  # marks an output directory this example created
+from examples import arguments
+from examples.outputs import claim_output, write_atomically, write_text
+
+EXAMPLE = "multiworker"
 
 
-# ----------------------------------------------------------------------------------------------
-# The output directory
+class Stopped(Exception):
+    """A signal asked this command to stop (SIGTERM, SIGHUP, SIGINT)."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
-def claim_output(out):
-    """Create `out`, or accept it if an earlier run of this example created it.
-
-    Raises:
-        ValueError: if `out` is a file, or a non-empty directory this example did not create.
-    """
-    out = pathlib.Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"`--out` must be a directory. Received: out={str(out)!r} (a file)")
-    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists():
-        raise ValueError(
-            f"`--out` is a non-empty directory that this example did not create; refusing to "
-            f"write into it. Received: out={str(out)!r}"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).touch()
-    return out
+def _raise_stopped(signum, frame):
+    raise Stopped(signum)
 
 
-def _write_atomically(path, write):
-    """Call `write(partial_path)`, then rename the result into `path` (no half-written file)."""
-    path = pathlib.Path(path)
-    # Keras requires the weight files' suffix, so the partial name keeps the whole name.
-    partial = path.with_name(f".partial-{os.getpid()}-{path.name}")
-    try:
-        write(partial)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -147,8 +132,15 @@ class _Watchdog:
             self._process.wait()
 
 
-def _callbacks(watchdog, index, kill_worker, kill_at_epoch):
+def _callbacks(watchdog, index, kill_worker, kill_at_epoch, epochs, chief):
     import keras
+
+    class EpochLine(keras.callbacks.Callback):
+        # One line per epoch on the chief, which the launcher echoes.
+        def on_epoch_end(self, epoch, logs=None):
+            if chief:
+                shown = " - ".join(f"{key} {value:.4g}" for key, value in logs.items())
+                print(f"epoch {epoch + 1}/{epochs} - {shown}", flush=True)
 
     class ClusterFormed(keras.callbacks.Callback):
         # on_train_begin runs after the trainer's first collective (the resume agreement).
@@ -161,11 +153,23 @@ def _callbacks(watchdog, index, kill_worker, kill_at_epoch):
             if index == kill_worker and epoch + 1 == kill_at_epoch:
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    return [ClusterFormed(), KillSelf()]
+    return [ClusterFormed(), KillSelf(), EpochLine()]
 
 
 def _rounded(value):
-    return None if math.isnan(value) else round(value, 1)
+    return None if value is None else round(value, 1)
+
+
+def _history_rows(history, throughput, images_per_epoch):
+    """One dict per epoch run: `epoch` (1-based), the logs, `seconds`, `images_per_second`."""
+    rows = []
+    for i, epoch in enumerate(history.epoch):
+        row = {"epoch": epoch + 1, **{key: values[i] for key, values in history.history.items()}}
+        seconds = throughput.seconds[epoch]
+        row["seconds"] = round(seconds, 3)
+        row["images_per_second"] = round(images_per_epoch / seconds, 1)
+        rows.append(row)
+    return rows
 
 
 def run_worker(args):
@@ -174,14 +178,14 @@ def run_worker(args):
     addresses, index = cluster if cluster else (["(single process)"], 0)
     if cluster:
         check_port_free(addresses[index])
-    out = claim_output(args.out)
+    out = claim_output(args.out, EXAMPLE, args.force)
     describe = f"worker {index} of {len(addresses)}: {', '.join(addresses)}"
     with _Watchdog(args.cluster_timeout if cluster else None, describe) as watchdog:
         import keras
         import numpy as np
         import tensorflow as tf
 
-        from stn_keras.distribute import DistributedTrainer, steady_throughput, worker_task
+        from stn_keras.distribute import DistributedTrainer, Throughput, worker_task
 
         # The strategy must exist before any other TensorFlow op runs.
         strategy = tf.distribute.MultiWorkerMirroredStrategy() if cluster else None
@@ -209,51 +213,52 @@ def run_worker(args):
             with strategy.scope():
                 model = dd.build_st_cnn(x_train.shape[1])
                 schedule = keras.optimizers.schedules.CosineDecay(args.learning_rate, steps)
-                optimizer = keras.optimizers.Adam(schedule)
-                accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-            trainer = DistributedTrainer(
-                model,
-                optimizer,
-                keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                strategy,
-                metrics=[accuracy],
-            )
-            result = trainer.fit(
+                model.compile(
+                    optimizer=keras.optimizers.Adam(schedule),
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                    metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+                )
+            trainer = DistributedTrainer(model, strategy)
+            task, workers, chief = worker_task(strategy)
+            images_per_epoch = (len(x_train) // args.batch_size) * args.batch_size
+            throughput = Throughput(images_per_epoch)
+            history = trainer.fit(
                 x_train,
                 y_train,
                 batch_size=args.batch_size,
                 epochs=args.epochs,
                 seed=args.seed,
                 checkpoint_dir=out / "checkpoints",
-                callbacks=_callbacks(watchdog, index, args.kill_worker, args.kill_at_epoch),
-                verbose=1,
+                callbacks=[
+                    throughput,
+                    *_callbacks(
+                        watchdog, index, args.kill_worker, args.kill_at_epoch, args.epochs, chief
+                    ),
+                ],
+                verbose=0,
             )
             logits = trainer.predict(x_test)
             test_accuracy = float(np.mean(np.argmax(logits, -1) == y_test))
-            task, workers, chief = worker_task(strategy)
-            _write_atomically(out / f"worker-{task}.weights.h5", model.save_weights)
+            write_atomically(out / f"worker-{task}.weights.h5", model.save_weights)
             if chief:
-                _write_atomically(out / "model.keras", model.save)
+                write_atomically(out / "model.keras", model.save)
                 metrics = {
                     "workers": workers,
                     "replicas_in_sync": strategy.num_replicas_in_sync,
                     "test_accuracy": test_accuracy,
                     "epochs": args.epochs,
-                    "initial_epoch": result["initial_epoch"],
+                    "initial_epoch": trainer.initial_epoch,
                     # None when a rerun found every epoch done (nothing was timed).
-                    "images_per_second": _rounded(steady_throughput(result["history"])),
+                    "images_per_second": _rounded(throughput.images_per_second()),
                     "global_batch_size": args.batch_size,
                     "train_images": len(x_train),
                     "test_images": len(x_test),
                     "data": args.data,
                     "distortion": args.distortion,
                     "dtype": args.dtype,
-                    "history": result["history"],
+                    "history": _history_rows(history, throughput, images_per_epoch),
                 }
-                _write_atomically(
-                    out / "metrics.json",
-                    lambda path: pathlib.Path(path).write_text(json.dumps(metrics, indent=2)),
-                )
+                write_text(out / "metrics.json", json.dumps(metrics, indent=2))
                 print(
                     f"test accuracy {100 * test_accuracy:.2f}% on {len(x_test)} images; "
                     f"{metrics['images_per_second']} images/s on {workers} worker(s); "
@@ -292,8 +297,12 @@ def _error_line(log_path, returncode):
 
 
 def launch(args, argv):
-    """Run `args.workers` worker processes on loopback; return the exit code."""
-    out = claim_output(args.out)
+    """Run `args.workers` worker processes on loopback; return the exit code.
+
+    The workers run in process groups of their own, which the launcher kills (SIGKILL) whenever it
+    ends before them: a worker failed, or a signal stopped the launcher (`Stopped` propagates).
+    """
+    out = claim_output(args.out, EXAMPLE, args.force)
     (out / "logs").mkdir(exist_ok=True)
     addresses = [f"127.0.0.1:{port}" for port in free_ports(args.workers)]
     # The workers share this machine's CPUs: by default each TensorFlow process sizes its thread
@@ -317,10 +326,12 @@ def launch(args, argv):
                         start_new_session=True,  # its own process group, killed as one
                     )
                 )
+        pids = ", ".join(str(process.pid) for process in processes)
         print(
-            f"launched {args.workers} workers on {', '.join(addresses)} "
+            f"launched {args.workers} workers (pids {pids}) on {', '.join(addresses)} "
             f"({os.environ.get('TF_NUM_INTRAOP_THREADS', threads)} threads each); "
-            f"logs in {out / 'logs'}"
+            f"logs in {out / 'logs'}",
+            flush=True,
         )
         shown = 0
         while True:
@@ -357,41 +368,59 @@ def launch(args, argv):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workers", type=int, default=2, help="worker processes to launch")
-    parser.add_argument("--epochs", type=int, default=10)
+    """The command line, every flag checked (one line and exit status 2 on a bad value)."""
+    positive, nonnegative = arguments.positive_int, arguments.nonnegative_int
+    parser = arguments.Parser(
+        prog="python -m examples.multiworker", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--workers", type=positive, default=2, help="worker processes to launch")
+    parser.add_argument("--epochs", type=positive, default=10)
     parser.add_argument("--out", default="runs/multiworker")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="write into a non-empty --out this example did not create",
+    )
     parser.add_argument("--data", default="mnist5k", choices=("digits", "mnist5k"))
     parser.add_argument("--distortion", default="RTS", choices=("R", "RTS", "P", "E"))
-    parser.add_argument("--batch-size", type=int, default=64, help="the global batch size")
-    parser.add_argument("--learning-rate", type=float, default=2e-3)
-    parser.add_argument("--train-copies", type=int, default=4)
-    parser.add_argument("--test-copies", type=int, default=1)
-    parser.add_argument("--max-train", type=int, default=None, help="train digits to keep")
-    parser.add_argument("--max-test", type=int, default=None, help="test digits to keep")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=positive, default=64, help="the global batch size")
+    parser.add_argument("--learning-rate", type=arguments.positive_number, default=2e-3)
+    parser.add_argument("--train-copies", type=positive, default=4)
+    parser.add_argument("--test-copies", type=positive, default=1)
+    parser.add_argument("--max-train", type=positive, default=None, help="train digits to keep")
+    parser.add_argument("--max-test", type=positive, default=None, help="test digits to keep")
+    parser.add_argument("--seed", type=nonnegative, default=0)
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     parser.add_argument(
         "--cluster-timeout",
-        type=float,
+        type=arguments.positive_number,
         default=300.0,
         help="seconds a worker waits for the cluster to form (and its data to load)",
     )
-    parser.add_argument("--kill-worker", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--kill-at-epoch", type=int, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.workers < 1:
-        parser.error(f"--workers must be at least 1. Received: {args.workers}")
-    return args
+    parser.add_argument("--kill-worker", type=nonnegative, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--kill-at-epoch", type=positive, default=None, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    # Signals reach Python's main thread only (a caller on another thread keeps its handlers).
+    main_thread = threading.current_thread() is threading.main_thread()
+    stops = STOP_SIGNALS if main_thread else ()
+    previous = {signum: signal.signal(signum, _raise_stopped) for signum in stops}
     try:
         if os.environ.get("TF_CONFIG") or args.workers == 1:
             return run_worker(args)
         return launch(args, argv)
+    except Stopped as stopped:
+        print(
+            f"error: stopped by {stopped}: every worker was killed and nothing more is written; "
+            f"rerun the same command to resume from the last finished epoch ({args.out})",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 128 + stopped.signum
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 2
@@ -400,6 +429,9 @@ def main(argv=None):
         reason = (str(error).strip().splitlines() or [""])[0]
         print(f"error: {type(error).__name__}: {reason}", file=sys.stderr, flush=True)
         return 1
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

@@ -8,11 +8,12 @@ it as `st_cnn.keras`, reloads that file and exports it to a SavedModel, to ONNX 
 gather graph and onnxruntime's native `GridSample` / `AffineGrid`) and to LiteRT (builtin ops only).
 Every export runs in its own runtime at batch sizes 1 and 5 and is compared with Keras; the script
 prints the parity report and also checks that each artifact classifies the held-out digits like
-Keras does. It exits non-zero if anything fails. The outputs in `--out` are the demo's own and are
-replaced on every run. About a minute on 2 CPU cores (about 96% test accuracy).
+Keras does. It exits non-zero if anything fails. `--out` must be new, empty, or a directory an
+earlier quick start created (its files are replaced on every run); `--force` writes into another
+non-empty directory, replacing only the quick start's own files. About a minute on 2 CPU cores
+(about 96% test accuracy).
 """
 
-import argparse
 import os
 import pathlib
 import sys
@@ -24,7 +25,9 @@ if "--verbose" not in sys.argv[1:]:
 
 import numpy as np  # noqa: E402
 
+from examples import arguments  # noqa: E402
 from examples.distorted_digits import train_quick_st_cnn  # noqa: E402
+from examples.outputs import claim_output, write_atomically  # noqa: E402
 from stn_keras import export  # noqa: E402
 from stn_keras.export import litert, savedmodel  # noqa: E402
 from stn_keras.export import onnx as onnx_export  # noqa: E402
@@ -45,21 +48,34 @@ def _runners(out, specs, output_names):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m examples.quickstart", description=__doc__)
+    parser = arguments.Parser(prog="python -m examples.quickstart", description=__doc__)
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("artifacts/quickstart"))
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--train-copies", type=int, default=4, help="distorted copies per digit")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="write into a non-empty --out this example did not create",
+    )
+    parser.add_argument("--epochs", type=arguments.positive_int, default=6)
+    parser.add_argument(
+        "--train-copies",
+        type=arguments.positive_int,
+        default=4,
+        help="distorted copies per digit",
+    )
     parser.add_argument(
         "--verbose", action="store_true", help="show TensorFlow's and the converters' own logs"
     )
     args = parser.parse_args(argv)
+    try:
+        out = claim_output(args.out, "quickstart", args.force)
+    except ValueError as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr, flush=True)
+        return 2
     with quiet_third_party(args.verbose):
-        return _run(args)
+        return _run(args, out)
 
 
-def _run(args):
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
+def _run(args, out):
 
     start = time.time()
     trained, (x_test, y_test) = train_quick_st_cnn(
@@ -68,7 +84,7 @@ def _run(args):
     keras_predictions = np.argmax(trained.predict(x_test, verbose=0), axis=-1)
     accuracy = float(np.mean(keras_predictions == y_test))
     print(f"trained ST-CNN: test accuracy {100 * accuracy:.1f}% ({time.time() - start:.0f} s)")
-    trained.save(out / "st_cnn.keras")
+    write_atomically(out / "st_cnn.keras", trained.save)
 
     # Export what was saved, as `stn-keras-export` would: the reloaded `.keras` file.
     model = export.load_model(out / "st_cnn.keras")

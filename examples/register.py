@@ -19,9 +19,8 @@ pixels whose Jacobian determinant is not positive, on held-out pairs, for both m
 then exports the trained model to ONNX with native 5-D `GridSample` and checks it in onnxruntime.
 """
 
-import argparse
 import json
-import pathlib
+import sys
 import time
 
 import keras
@@ -29,6 +28,10 @@ import numpy as np
 import tensorflow as tf
 
 import stn_keras
+from examples import arguments
+from examples.outputs import claim_output, write_atomically, write_text
+
+EXAMPLE = "register"
 
 # ----------------------------------------------------------------------------------------------
 # Data
@@ -114,7 +117,12 @@ def build_model(shape, integrate=True, steps=7, width=16):
 
 def smoothness(_, flow):
     """The mean squared finite difference of the field along every spatial axis (VoxelMorph's `Grad`
-    with `l2`); the first argument, a dummy target, is ignored."""
+    with `l2`), per example `(B,)`; the first argument, a dummy target, is ignored.
+
+    Per example rather than one scalar for the batch, as Keras losses are: Keras divides a
+    per-example loss's batch mean by the replicas in sync, but passes a scalar through unscaled,
+    so a scalar loss would weigh N times more on N replicas.
+    """
     spatial = len(flow.shape) - 2
     total = 0.0
     for axis in range(1, spatial + 1):
@@ -122,18 +130,24 @@ def smoothness(_, flow):
         diff = tf.gather(flow, tf.range(1, n), axis=axis) - tf.gather(
             flow, tf.range(n - 1), axis=axis
         )
-        total += tf.reduce_mean(tf.square(diff))
+        total += tf.reduce_mean(tf.square(diff), axis=list(range(1, spatial + 2)))
     return total / spatial
 
 
-def train(model, moving, fixed, epochs, batch_size=32, learning_rate=1e-3, weight=0.05, verbose=1):
-    """Train on image similarity (MSE) plus `weight` times the field's smoothness."""
+def compile_model(model, learning_rate=1e-3, weight=0.05):
+    """Compile for image similarity (MSE) plus `weight` times the field's smoothness."""
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=["mse", smoothness],
         loss_weights=[1.0, weight],
         jit_compile=True,
     )
+    return model
+
+
+def train(model, moving, fixed, epochs, batch_size=32, learning_rate=1e-3, weight=0.05, verbose=1):
+    """Train on image similarity (MSE) plus `weight` times the field's smoothness."""
+    compile_model(model, learning_rate, weight)
     zeros = np.zeros((*moving.shape[:-1], moving.ndim - 2), "float32")
     model.fit(
         [moving, fixed], [fixed, zeros], batch_size=batch_size, epochs=epochs, verbose=verbose
@@ -171,13 +185,14 @@ def format_table(results):
 
 
 def save_figure(path, model, moving, fixed, count=4):
-    """Moving, fixed, warped, the warped grid and det(J), one row per held-out pair (2-D, or the
-    middle slice of a volume)."""
+    """Moving, fixed, warped, the warped grid and det(J), one row for each of the first `count`
+    held-out pairs (fewer when there are fewer; 2-D, or the middle slice of a volume)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    count = min(count, len(moving))
     warped, flow = model.predict([moving[:count], fixed[:count]], verbose=0)
     determinant = stn_keras.jacobian_determinant(flow).numpy()
     if moving.ndim == 5:  # the middle slice along D, and the field's (h, w) components there
@@ -220,6 +235,7 @@ def export_and_check(model, path, moving, fixed):
     from stn_keras.quiet import quiet_third_party
 
     with quiet_third_party(verbose=False):  # tf2onnx's deprecation notices
+        # `path` lies in an output directory this example owns (`claim_output`).
         report = export_onnx(model, path, native_gridsample=True, force=True)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     warped, flow = session.run(None, {"moving": moving, "fixed": fixed})
@@ -239,6 +255,7 @@ def run(
     verbose=1,
     baseline=True,
     volume_size=16,
+    force=False,
 ):
     """Train the velocity model and the displacement baseline; write the figure and the table.
 
@@ -252,12 +269,16 @@ def run(
         verbose: Keras progress bars (1) or silence (0).
         baseline: whether to also train the displacement baseline. Defaults to `True`.
         volume_size: the volumes' side, divisible by 4. Defaults to `16`.
+        force: write into a non-empty `out` this example did not create (replacing only its own
+            files). Defaults to `False`.
 
     Returns:
         The results dict also written to `out/results.json`.
+
+    Raises:
+        ValueError: if `out` is a file or a non-empty directory this example did not create.
     """
-    out = pathlib.Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_output(out, EXAMPLE, force)
     keras.utils.set_random_seed(seed)
     rng = np.random.default_rng(seed)
     if volume:
@@ -288,13 +309,16 @@ def run(
         "results": results,
     }
     velocity_model = models["velocity + IntegrateVelocity"]
-    save_figure(out / "figure.png", velocity_model, test_moving, test_fixed)
+    write_atomically(
+        out / "figure.png",
+        lambda path: save_figure(path, velocity_model, test_moving, test_fixed),
+    )
     if volume:
-        summary["onnx"] = export_and_check(
+        summary["onnx"] = export_and_check(  # staged and validated by the exporter
             velocity_model, out / "registration.onnx", test_moving[:2], test_fixed[:2]
         )
-    (out / "results.json").write_text(json.dumps(summary, indent=1))
-    (out / "results.md").write_text(format_table(results) + "\n")
+    write_text(out / "results.json", json.dumps(summary, indent=1))
+    write_text(out / "results.md", format_table(results) + "\n")
     if verbose:
         print(format_table(results))
         if volume:
@@ -303,20 +327,42 @@ def run(
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    positive, nonnegative = arguments.positive_int, arguments.nonnegative_int
+    parser = arguments.Parser(
+        prog="python -m examples.register", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--volume", action="store_true", help="synthetic 3-D volumes, then ONNX")
     parser.add_argument(
-        "--pairs", type=int, default=None, help="training pairs (2-D 1000, 3-D 400)"
+        "--pairs", type=positive, default=None, help="training pairs (default 2-D 1000, 3-D 400)"
     )
-    parser.add_argument("--test-pairs", type=int, default=200)
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=7)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--test-pairs", type=positive, default=200, help="held-out pairs")
+    parser.add_argument("--epochs", type=positive, default=10)
+    parser.add_argument("--steps", type=nonnegative, default=7, help="scaling-and-squaring steps")
+    parser.add_argument("--seed", type=nonnegative, default=0)
     parser.add_argument("--out", default="runs/register")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="write into a non-empty --out this example did not create",
+    )
     args = parser.parse_args(argv)
-    pairs = args.pairs or (400 if args.volume else 1000)
-    run(args.out, args.volume, pairs, args.test_pairs, args.epochs, args.steps, args.seed)
+    pairs = args.pairs if args.pairs is not None else (400 if args.volume else 1000)
+    try:
+        run(
+            args.out,
+            args.volume,
+            pairs,
+            args.test_pairs,
+            args.epochs,
+            args.steps,
+            args.seed,
+            force=args.force,
+        )
+    except ValueError as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr, flush=True)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Training a Keras model on several workers: a custom loop that works under
+"""Training a compiled Keras model on several workers with Keras's `fit` contract, under
 `tf.distribute.MultiWorkerMirroredStrategy`, with checkpoint-based resume.
 
 Why not `model.fit`: under `MultiWorkerMirroredStrategy` with two or more workers, Keras 3's
@@ -6,25 +6,24 @@ TensorFlow trainer fails before the first step (measured with Keras 3.15; 3.8 ha
 `fit` first builds the model symbolically from one batch and, to get that batch, calls
 `strategy.reduce("MEAN", (x, y))` on the whole `(x, y)` tuple; the multi-worker strategy's reduce
 accepts one distributed value, not a tuple, and raises `ValueError: Attempt to convert a value
-(PerReplica:...)`. Working around that (a model subclass overriding the private
-`_maybe_symbolic_build`) only reaches the next defect: `reduce_per_replica` averages the per-step
-scalar metrics with `reduce("MEAN", v, axis=0)`, which fails on a scalar. Both are private Keras
-code paths, so `DistributedTrainer` does not patch them; it runs its own step with `strategy.run`,
-a Keras optimizer and Keras metrics.
+(PerReplica:...)`. Working around that only reaches the next defect: `reduce_per_replica` averages
+the per-step scalar metrics with `reduce("MEAN", v, axis=0)`, which fails on a scalar. Both are
+private Keras code paths, so `DistributedTrainer` does not patch them. It runs the pieces Keras's
+own `train_step` is made of (`model.compute_loss`, the model's optimizer, `model.compute_metrics`,
+`model.test_step`) under `strategy.run`, and drives Keras callbacks as `fit` does.
 """
 
-import math
 import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from stn_keras import distribute_data as data
+from stn_keras.ops.validation import check_int
 
-def _at_least_float32(values):
-    """Half-precision losses (mixed precision) are summed in float32; float64 stays float64."""
-    values = tf.convert_to_tensor(values)
-    return tf.cast(values, "float32") if values.dtype.size < 4 else values
+# Callbacks that assume one process owns their files; `checkpoint_dir` is the multi-worker way.
+_SINGLE_WORKER_CALLBACKS = (keras.callbacks.BackupAndRestore,)
 
 
 def worker_task(strategy=None):
@@ -50,20 +49,53 @@ def worker_task(strategy=None):
     return index + offset, count, chief
 
 
+def _pythonify(logs):
+    """Logs as `fit` gives them to callbacks: Python floats (arrays for non-scalars)."""
+    out = {}
+    for key, value in logs.items():
+        value = np.asarray(value)
+        out[key] = float(value) if value.ndim == 0 else value
+    return out
+
+
+def _metrics_sync_on_write(model):
+    """Whether the model's metric variables synchronise on every write (Keras < 3.9 under
+    tf.distribute): their updates then need a cross-replica call, which cannot run inside a nested
+    compiled function."""
+    on_write = tf.VariableSynchronization.ON_WRITE
+    return any(
+        getattr(getattr(v, "value", v), "synchronization", None) == on_write
+        for v in model.metrics_variables
+    )
+
+
 class DistributedTrainer:
-    """Train a Keras model under any `tf.distribute` strategy, multi-worker included.
+    """Train a compiled Keras model under any `tf.distribute` strategy, multi-worker included.
 
-    Build the model, the optimizer and the metrics inside `strategy.scope()`, then
+    Build and compile the model inside `strategy.scope()`, then
 
-        trainer = DistributedTrainer(model, optimizer, loss, strategy, metrics=[accuracy])
+        trainer = DistributedTrainer(model, strategy)
         history = trainer.fit(x, y, batch_size=64, epochs=10, checkpoint_dir="ckpt")
+
+    `fit`, `evaluate` and `predict` keep Keras's contract: the loss, metrics, loss weights and
+    optimizer come from `model.compile` (string names resolved by Keras), inputs and targets may
+    be arrays, lists or dicts of arrays (multi-input, multi-output) or a `tf.data.Dataset`, and
+    callbacks see `model.stop_training`, 0-based epochs and the same `logs` as under `fit`
+    (`loss`, each metric, `val_*`). `fit` returns the `History`.
 
     Every worker runs the same script on the same arrays. Each step takes one global batch of
     `batch_size` examples, drawn from a permutation of the data that depends only on `seed` and
-    the epoch, and gives each replica its consecutive slice: the global batch, and therefore the
-    update, is the same whatever the number of workers (up to float summation order). The loss is
-    averaged over the global batch (`tf.nn.compute_average_loss`), the gradients are summed across
-    replicas by the optimizer, and each replica's forward and backward pass is compiled with XLA.
+    the epoch (or in order with `shuffle=False`), and gives each replica its consecutive slice:
+    the global batch, and therefore the update, is the same whatever the number of workers (up to
+    float summation order). The last `N % batch_size` examples of an epoch are left out, so that
+    every replica runs the same steps on the same share. Each replica's forward and backward pass
+    is compiled with XLA; the optimizer's cross-replica update and the metrics run outside it
+    (XLA has no CPU collectives).
+
+    Losses: as under `fit` with a strategy, Keras divides a loss's batch mean by the replicas in
+    sync, so that the replicas' gradients sum to the global batch's. A custom loss must return
+    per-example values `(B,)`: one that returns a scalar is passed through unscaled by Keras and
+    weighs N times more on N replicas.
 
     Fault tolerance: with `checkpoint_dir`, every worker saves the model and the optimizer after
     each epoch to `checkpoint_dir/worker-<i>` (its own directory, so no shared file system is
@@ -71,92 +103,98 @@ class DistributedTrainer:
     after a worker was killed resumes from the last finished epoch.
 
     Args:
-        model: a Keras model, built or not, created under `strategy.scope()`.
-        optimizer: a Keras optimizer created under `strategy.scope()` (a `LossScaleOptimizer`
-            for `mixed_float16`).
-        loss: a `keras.losses.Loss` (its per-example values are used, its reduction ignored) or a
-            callable `(y_true, y_pred) -> (B,)` per-example losses.
+        model: a Keras model compiled (`model.compile`) under `strategy.scope()`.
         strategy: the `tf.distribute.Strategy`. Defaults to the current one.
-        metrics: Keras metrics created under `strategy.scope()`, updated with
-            `(y_true, y_pred)` each step and reset each epoch. Defaults to none.
-        jit_compile: compile each replica's forward and backward pass with XLA. Defaults to
-            `True`.
+        jit_compile: compile each replica's forward and backward pass with XLA. Under Keras
+            versions whose metric variables synchronise on write (3.8), a model whose compiled
+            loss records per-output losses runs that pass uncompiled on several replicas.
+            Defaults to `True`.
+
+    Raises:
+        ValueError: if `model` is not compiled.
     """
 
-    def __init__(self, model, optimizer, loss, strategy=None, metrics=(), jit_compile=True):
+    def __init__(self, model, strategy=None, jit_compile=True):
+        if not isinstance(model, keras.Model) or getattr(model, "optimizer", None) is None:
+            raise ValueError(
+                "Argument `model` must be a Keras model compiled with an optimizer under "
+                f"`strategy.scope()` (`model.compile(optimizer, loss, metrics)`). Received: {model!r}"
+            )
         self.model = model
-        self.optimizer = optimizer
         self.strategy = strategy or tf.distribute.get_strategy()
-        self.metrics = list(metrics)
-        self._per_example_loss = loss.call if isinstance(loss, keras.losses.Loss) else loss
-        self._forward_backward = tf.function(self._gradients, jit_compile=jit_compile)
-        self._train_step = tf.function(self._distributed_step)
-        self._predict_step = tf.function(
-            lambda x: self.model(x, training=False), jit_compile=jit_compile
-        )
-        self._global_batch = None
+        self.jit_compile = bool(jit_compile)
+        self.initial_epoch = 0
+        self._train_function = self._test_function = self._predict_function = None
 
     # ------------------------------------------------------------------------------------------
     # One step
 
-    def _gradients(self, x, y):
+    def _forward_backward(self, x, y, sample_weight):
+        model = self.model
         with tf.GradientTape() as tape:
-            y_pred = self.model(x, training=True)
-            per_example = _at_least_float32(self._per_example_loss(y, y_pred))
-            loss = tf.nn.compute_average_loss(per_example, global_batch_size=self._global_batch)
-            if self.model.losses:
-                loss += tf.nn.scale_regularization_loss(
-                    tf.add_n([tf.cast(term, loss.dtype) for term in self.model.losses])
+            y_pred = model(x, training=True)
+            loss = model.compute_loss(
+                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+            )
+            scaled = model.optimizer.scale_loss(loss)
+        return tape.gradient(scaled, model.trainable_variables), loss, y_pred
+
+    def _replica_train_step(self, forward_backward, batch):
+        model = self.model
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
+        gradients, loss, y_pred = forward_backward(x, y, sample_weight)
+        model.optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
+        # What Keras's own train_step records: each replica's loss is its share of the mean
+        # (Keras divides by the replicas in sync); weighted by its examples, they sum to the mean.
+        replicas = self.strategy.num_replicas_in_sync
+        examples = tf.shape(keras.tree.flatten(x)[0])[0]
+        model._loss_tracker.update_state(loss * replicas, sample_weight=examples)
+        model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def _make_train_function(self):
+        jit = self.jit_compile
+        if jit and self.strategy.num_replicas_in_sync > 1 and _metrics_sync_on_write(self.model):
+            jit = False
+        forward_backward = tf.function(self._forward_backward, jit_compile=jit)
+
+        @tf.function
+        def train(batch):
+            self.strategy.run(self._replica_train_step, args=(forward_backward, batch))
+            return self.model.get_metrics_result()  # cross-replica: every replica's totals
+
+        return train
+
+    def _make_test_function(self):
+        @tf.function
+        def test(batch):
+            self.strategy.run(self.model.test_step, args=(batch,))
+            return self.model.get_metrics_result()
+
+        return test
+
+    # ------------------------------------------------------------------------------------------
+    # Building, checkpoints
+
+    def _build(self, sample):
+        """Create the model's, the compiled loss's and metrics' and the optimizer's variables from
+        one local batch, in the strategy's scope, before any distributed step or restore."""
+        x, y, sample_weight = sample
+        model = self.model
+        with self.strategy.scope():
+            y_pred = model(x, training=False)
+            if y is not None:
+                model.compute_loss(
+                    x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=False
                 )
-            scaled = self.optimizer.scale_loss(loss)
-        gradients = tape.gradient(scaled, self.model.trainable_variables)
-        return gradients, loss, y_pred
-
-    def _replica_step(self, x, y):
-        gradients, loss, y_pred = self._forward_backward(x, y)
-        self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables, strict=True))
-        for metric in self.metrics:
-            metric.update_state(y, y_pred)
-        return loss
-
-    def _distributed_step(self, iterator):
-        x, y = next(iterator)
-        losses = self.strategy.run(self._replica_step, args=(x, y))
-        # Each replica's loss is its share of the global-batch mean: their sum is the mean.
-        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
-
-    # ------------------------------------------------------------------------------------------
-    # Data
-
-    def _dataset(self, x, y, epochs, seed, steps, context):
-        """This input pipeline's per-replica batches of `epochs` (`context`: tf.distribute).
-
-        One dataset for the whole run, so that no epoch pays for a new distributed iterator.
-        """
-        replicas = context.num_replicas_in_sync
-        per_replica = context.get_per_replica_batch_size(self._global_batch)
-        local = replicas // context.num_input_pipelines  # replicas fed by this pipeline
-        first = context.input_pipeline_id * local
-        rows = []
-        for epoch in epochs:
-            order = np.random.default_rng([seed, epoch]).permutation(len(x))
-            order = order[: steps * self._global_batch].reshape(steps, replicas, per_replica)
-            # Consecutive elements of a pipeline's dataset go to its replicas in turn.
-            rows.append(order[:, first : first + local].reshape(steps * local, per_replica))
-        # Prefetch: the next batch's gather runs while this step computes.
-        return (
-            tf.data.Dataset.from_tensor_slices(np.concatenate(rows))
-            .map(lambda index: (tf.gather(x, index), tf.gather(y, index)))
-            .prefetch(2)
-        )
-
-    # ------------------------------------------------------------------------------------------
-    # Checkpoints
+                model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+            if not model.optimizer.built:
+                model.optimizer.build(model.trainable_variables)
+        model.reset_metrics()
 
     def _restore(self, checkpoint_dir, epochs):
-        """Restore the newest epoch saved by every worker; return it (0 when none)."""
+        """Restore the newest epoch saved by every worker; return `(manager, epoch)`."""
         index, count, _ = worker_task(self.strategy)
-        checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer)
+        checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer)
         manager = tf.train.CheckpointManager(
             checkpoint, f"{checkpoint_dir}/worker-{index}", max_to_keep=2
         )
@@ -167,156 +205,240 @@ class DistributedTrainer:
                 f"The checkpoints in {checkpoint_dir} reach epoch {newest}, past `epochs`. "
                 f"Received: epochs={epochs}"
             )
-        # Agree on the newest epoch every worker has (a worker may have died between saves): a
-        # sum of one-hot vectors, since tf.distribute reduces by SUM or MEAN only.
-        common = newest
-        if count > 1:
-            votes = tf.function(
-                lambda: self.strategy.reduce(
-                    tf.distribute.ReduceOp.SUM,
-                    self.strategy.run(lambda: tf.one_hot(newest, epochs + 1)),
-                    axis=None,
-                )
-            )().numpy()
-            common = int(np.flatnonzero(votes)[0])
+        common = self._agree(newest, epochs) if count > 1 else newest
         if common:
-            path = f"{manager.directory}/ckpt-{common}"
             if common not in saved:
                 raise ValueError(
                     f"Worker {index} has no checkpoint of epoch {common}, the newest one every "
                     f"worker saved (it has epochs {saved} in {manager.directory})."
                 )
-            checkpoint.restore(path).assert_existing_objects_matched()
+            checkpoint.restore(
+                f"{manager.directory}/ckpt-{common}"
+            ).assert_existing_objects_matched()
         return manager, common
+
+    def _agree(self, newest, epochs):
+        """The newest epoch every worker saved: a sum of one-hot votes (tf.distribute reduces by
+        SUM or MEAN only), its first nonzero entry."""
+        votes = tf.function(
+            lambda: self.strategy.reduce(
+                tf.distribute.ReduceOp.SUM,
+                self.strategy.run(lambda: tf.one_hot(newest, epochs + 1)),
+                axis=None,
+            )
+        )().numpy()
+        return int(np.flatnonzero(votes)[0])
 
     # ------------------------------------------------------------------------------------------
     # The loop
 
     def fit(
         self,
-        x,
-        y,
-        batch_size,
-        epochs,
+        x=None,
+        y=None,
+        batch_size=None,
+        epochs=1,
+        verbose="auto",
+        callbacks=None,
+        validation_split=0.0,
+        validation_data=None,
+        shuffle=True,
+        sample_weight=None,
+        initial_epoch=0,
+        steps_per_epoch=None,
+        validation_batch_size=None,
         seed=0,
         checkpoint_dir=None,
-        callbacks=(),
-        verbose=1,
     ):
-        """Train on arrays `x`, `y` for `epochs` epochs of `len(x) // batch_size` steps.
+        """Train as `model.fit` does, on every worker of the strategy.
 
         Args:
-            x: inputs `(N, ...)`, the same on every worker.
-            y: targets `(N, ...)`.
-            batch_size: the global batch size, a multiple of the number of replicas. The last
-                `N % batch_size` examples of each epoch's permutation are left out of that
-                epoch (every replica must run the same number of steps).
+            x: inputs: an array, a list or dict of arrays, or a `tf.data.Dataset` of global
+                batches `(x, y)` or `(x, y, sample_weight)` (distributed by
+                `strategy.experimental_distribute_dataset`; its auto-shard policy applies).
+            y: targets, like `x` (multi-output: a list or dict); `None` with a dataset.
+            batch_size: the global batch size, a multiple of the replicas in sync. Defaults to
+                `None`: 32 (`fit`'s default). Not with a dataset.
             epochs: the epoch to train up to (a resumed run continues from its checkpoint).
+                Defaults to `1`.
+            verbose: `"auto"` or `1` (a progress bar on the chief), `2` (one line per epoch on
+                the chief), `0` (silent). Defaults to `"auto"`.
+            callbacks: Keras callbacks, called as `fit` calls them. `BackupAndRestore` only on
+                one worker (`checkpoint_dir` is the multi-worker equivalent). Defaults to none.
+            validation_split: the fraction of the arrays, taken from their end before shuffling,
+                to validate on after each epoch. Defaults to `0.0`.
+            validation_data: `(x_val, y_val)`, `(x_val, y_val, sample_weight_val)` or a dataset,
+                evaluated after each epoch (logged as `val_*`). Defaults to `None`.
+            shuffle: whether each epoch visits the arrays in the permutation of `(seed, epoch)`
+                rather than in order. Defaults to `True`.
+            sample_weight: per-example weights `(N,)` (or a list/dict per output). Defaults to
+                `None`.
+            initial_epoch: the epoch to start from when nothing is restored. Defaults to `0`.
+            steps_per_epoch: with a dataset, the steps of an epoch drawn from one iterator that
+                runs on across epochs (as `fit`); `None` runs each epoch until the dataset ends.
+                Defaults to `None`.
+            validation_batch_size: the global batch size of validation. Defaults to `None`:
+                `batch_size`.
             seed: seed of the per-epoch permutations. Defaults to `0`.
             checkpoint_dir: where every worker saves after each epoch and resumes from, or
                 `None`. Defaults to `None`.
-            callbacks: Keras callbacks; `on_train_begin`, `on_epoch_begin`, `on_epoch_end` and
-                `on_train_end` are called with the epoch's logs. Defaults to none.
-            verbose: `1` prints one line per epoch on the chief. Defaults to `1`.
 
         Returns:
-            A dict: `"history"`, one dict per epoch run in this call (`epoch`, `loss`, each
-            metric, `seconds`, `images_per_second`), and `"initial_epoch"`, the epoch it resumed
-            from (`0` for a fresh start).
+            The `keras.callbacks.History` (also `model.history`).
 
         Raises:
-            ValueError: if `x` and `y` differ in length, `batch_size` does not divide among the
-                replicas or exceeds the data, or the checkpoints are past `epochs`.
+            ValueError: for arrays of different lengths, a `batch_size` that does not divide
+                among the replicas or exceeds the data, an invalid integer argument, checkpoints
+                past `epochs`, or `BackupAndRestore` on several workers.
         """
-        replicas = self.strategy.num_replicas_in_sync
-        if len(x) != len(y):
+        model, replicas = self.model, self.strategy.num_replicas_in_sync
+        epochs = check_int("epochs", epochs, minimum=0)
+        initial_epoch = check_int("initial_epoch", initial_epoch, minimum=0)
+        seed = check_int("seed", seed, minimum=0)
+        verbose = 1 if verbose == "auto" else check_int("verbose", verbose, minimum=0, maximum=2)
+        source = data.training_source(
+            x, y, sample_weight, batch_size, replicas, validation_split, steps_per_epoch
+        )
+        validation = data.validation_source(
+            source, validation_data, validation_batch_size, replicas
+        )
+        index, count, chief = worker_task(self.strategy)
+        callbacks = list(callbacks or [])
+        if count > 1 and any(isinstance(c, _SINGLE_WORKER_CALLBACKS) for c in callbacks):
             raise ValueError(
-                f"`x` and `y` must have the same length. Received: x.shape={np.shape(x)}, "
-                f"y.shape={np.shape(y)}"
+                "`BackupAndRestore` writes one backup that every worker would overwrite; on "
+                "several workers pass `checkpoint_dir` instead (a checkpoint per worker, resumed "
+                "at the newest epoch all of them saved)."
             )
-        if batch_size < replicas or batch_size % replicas or batch_size > len(x):
-            raise ValueError(
-                f"`batch_size` must be a multiple of the {replicas} replicas in sync and at most "
-                f"the {len(x)} examples. Received: batch_size={batch_size}"
-            )
-        self._global_batch = int(batch_size)
-        steps = len(x) // batch_size
-        _, _, chief = worker_task(self.strategy)
-        x, y = tf.constant(x), tf.constant(y)
-        with self.strategy.scope():
-            # Variables must exist before a checkpoint is restored into them.
-            if not self.model.built:
-                self.model(x[:1])
-            if not self.optimizer.built:
-                self.optimizer.build(self.model.trainable_variables)
-        manager, initial_epoch = (None, 0)
+        self._build(source.sample())
+        manager = None
         if checkpoint_dir is not None:
-            manager, initial_epoch = self._restore(checkpoint_dir, epochs)
-        callbacks = keras.callbacks.CallbackList(list(callbacks), model=self.model)
-        callbacks.on_train_begin()
-        history = []
-        if initial_epoch < epochs:
-            run = range(initial_epoch, epochs)
-            iterator = iter(
-                self.strategy.distribute_datasets_from_function(
-                    lambda context: self._dataset(x, y, run, seed, steps, context)
-                )
-            )
-        for epoch in range(initial_epoch, epochs):
-            callbacks.on_epoch_begin(epoch)
-            for metric in self.metrics:
-                metric.reset_state()
-            start = time.perf_counter()
-            total = 0.0
-            for _ in range(steps):
-                total += self._train_step(iterator)
-            logs = {"epoch": epoch + 1, "loss": float(total) / steps}
-            logs.update({metric.name: float(metric.result()) for metric in self.metrics})
-            seconds = time.perf_counter() - start
-            logs["seconds"] = round(seconds, 3)
-            logs["images_per_second"] = round(steps * batch_size / seconds, 1)
+            manager, restored = self._restore(checkpoint_dir, epochs)
+            initial_epoch = max(initial_epoch, restored)
+        callback_list = keras.callbacks.CallbackList(
+            callbacks,
+            add_history=True,
+            add_progbar=verbose != 0 and chief,
+            model=model,
+            verbose=verbose if chief else 0,
+            epochs=epochs,
+            steps=source.steps,
+        )
+        model.stop_training = False
+        self._train_function = self._train_function or self._make_train_function()
+        callback_list.on_train_begin()
+        # BackupAndRestore (one worker) tells `fit` where to resume through this attribute.
+        initial_epoch = max(initial_epoch, getattr(model, "_initial_epoch", None) or 0)
+        self.initial_epoch = initial_epoch
+        logs = {}
+        epoch_batches = source.epochs(self.strategy, range(initial_epoch, epochs), seed, shuffle)
+        for epoch, batches in zip(range(initial_epoch, epochs), epoch_batches, strict=False):
+            model.reset_metrics()
+            callback_list.on_epoch_begin(epoch)
+            for step, batch in enumerate(batches):
+                callback_list.on_train_batch_begin(step)
+                logs = _pythonify(self._train_function(batch))
+                callback_list.on_train_batch_end(step, logs)
+                if model.stop_training:
+                    break
+            epoch_logs = dict(logs)
+            if validation is not None:
+                val_logs = self._evaluate_source(validation)
+                epoch_logs.update({f"val_{key}": value for key, value in val_logs.items()})
             if manager is not None:
                 manager.save(checkpoint_number=epoch + 1)
-            history.append(logs)
-            callbacks.on_epoch_end(epoch, logs)
-            if verbose and chief:
-                shown = " - ".join(
-                    f"{key} {value:.4g}" for key, value in logs.items() if key != "epoch"
-                )
-                print(f"epoch {epoch + 1}/{epochs} - {shown}", flush=True)
-        callbacks.on_train_end()
-        return {"history": history, "initial_epoch": initial_epoch}
+            callback_list.on_epoch_end(epoch, epoch_logs)
+            logs = epoch_logs
+            if model.stop_training:
+                break
+        callback_list.on_train_end(logs)
+        model._initial_epoch = None
+        return model.history
 
-    def predict(self, x, batch_size=256):
+    def _evaluate_source(self, source):
+        """Reset the metrics, run every batch of `source` through `test_step`; the logs."""
+        self.model.reset_metrics()
+        self._test_function = self._test_function or self._make_test_function()
+        logs = {}
+        for batch in source.single_pass(self.strategy):
+            logs = self._test_function(batch)
+        return _pythonify(logs) if logs else _pythonify(self.model.get_metrics_result())
+
+    def evaluate(self, x=None, y=None, batch_size=None, sample_weight=None, return_dict=False):
+        """The loss and metrics on `x`, `y` as `model.evaluate` gives them, over all workers.
+
+        Every example counts once, the last partial batch included (split among the replicas).
+
+        Args:
+            x, y, sample_weight: as for `fit` (a dataset of batches for `x`, `y=None`).
+            batch_size: the global batch size. Defaults to `None`: 32.
+            return_dict: return `{name: value}` instead of a list. Defaults to `False`.
+
+        Returns:
+            The loss alone (no metrics), `[loss, *metrics]`, or the dict.
+        """
+        source = data.evaluation_source(
+            x, y, sample_weight, batch_size, self.strategy.num_replicas_in_sync
+        )
+        self._build(source.sample())
+        logs = self._evaluate_source(source)
+        if return_dict:
+            return logs
+        values = list(logs.values())
+        return values[0] if len(values) == 1 else values
+
+    def predict(self, x, batch_size=None):
         """The model's outputs on `x`, computed locally on this worker (no collectives).
 
         Args:
-            x: inputs `(N, ...)`.
-            batch_size: examples per call. Defaults to `256`.
+            x: inputs, an array or a list or dict of arrays `(N, ...)`.
+            batch_size: examples per call. Defaults to `None`: 32.
 
         Returns:
-            A numpy array of the outputs, `(N, ...)`.
+            The outputs as numpy arrays `(N, ...)`, structured as the model's outputs.
         """
+        batch_size = check_int("batch_size", 32 if batch_size is None else batch_size, minimum=1)
+        if self._predict_function is None:
+            self._predict_function = tf.function(
+                lambda inputs: self.model(inputs, training=False), jit_compile=self.jit_compile
+            )
+        x = data.as_arrays(x)
+        count = data.length(x)
         # An empty `x` still runs once, so that the result has the outputs' trailing shape.
-        starts = range(0, len(x), batch_size) or [0]
         outputs = [
-            self._predict_step(tf.constant(x[start : start + batch_size])).numpy()
-            for start in starts
+            keras.tree.map_structure(
+                np.asarray,
+                self._predict_function(data.take(x, slice(start, start + batch_size))),
+            )
+            for start in range(0, count, batch_size) or [0]
         ]
-        return np.concatenate(outputs)
+        return keras.tree.map_structure(lambda *parts: np.concatenate(parts), *outputs)
 
 
-def steady_throughput(history):
-    """Images per second over the epochs after the first (which pays for tracing and XLA).
+class Throughput(keras.callbacks.Callback):
+    """Times every epoch: `seconds` per epoch and `images_per_second` of the steady state.
 
     Args:
-        history: `fit(...)["history"]`.
-
-    Returns:
-        A float, or the first epoch's figure when there is only one epoch (`nan` for none).
+        examples_per_epoch: the examples one epoch trains on (all workers together).
     """
-    later = history[1:] or history
-    if not later:
-        return math.nan
-    images = sum(log["images_per_second"] * log["seconds"] for log in later)
-    return images / sum(log["seconds"] for log in later)
+
+    def __init__(self, examples_per_epoch):
+        super().__init__()
+        self.examples_per_epoch = examples_per_epoch
+        self.seconds = {}  # epoch (0-based) -> seconds
+        self._start = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds[epoch] = time.perf_counter() - self._start
+
+    def images_per_second(self):
+        """Images per second over the epochs after the first (which pays for tracing and XLA),
+        or the first epoch's figure when there is only one; `None` when no epoch ran."""
+        times = list(self.seconds.values())
+        later = times[1:] or times
+        if not later:
+            return None
+        return self.examples_per_epoch * len(later) / sum(later)

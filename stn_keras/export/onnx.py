@@ -25,6 +25,7 @@ import tensorflow as tf
 from onnx import version_converter
 
 from stn_keras.export import artifacts, files, onnx_gridsample, validation
+from stn_keras.ops.validation import is_int
 
 TF2ONNX_MAX_OPSET = 18  # the newest opset tf2onnx 1.17 emits
 DEFAULT_OPSET = 18
@@ -35,12 +36,13 @@ def check_opset(opset, native_gridsample):
     """Raise `ValueError` unless `opset` is one the (native) ONNX export can produce."""
     minimum = onnx_gridsample.GRID_SAMPLE_OPSET if native_gridsample else 13
     newest = onnx.defs.onnx_opset_version()
-    if not isinstance(opset, int) or isinstance(opset, bool) or not minimum <= opset <= newest:
+    if not is_int(opset) or not minimum <= opset <= newest:
         what = "with native GridSample " if native_gridsample else ""
         raise ValueError(
             f"Invalid value for argument `opset`. Expected an int in [{minimum}, {newest}] {what}"
             f"(onnx {onnx.__version__}). Received: opset={opset!r}"
         )
+    return int(opset)
 
 
 def _frozen_call(model):

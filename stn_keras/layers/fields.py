@@ -4,9 +4,9 @@ import keras
 import tensorflow as tf
 
 from stn_keras.ops import coordinates
-from stn_keras.ops.fields import INDEXINGS, check_steps, integrate_velocity, warp
+from stn_keras.ops.fields import INDEXINGS, INTEGRATION_PADDINGS, integrate_velocity, warp
 from stn_keras.ops.sampling import INTERPOLATIONS
-from stn_keras.ops.validation import check_choice
+from stn_keras.ops.validation import check_choice, check_int
 
 
 @keras.saving.register_keras_serializable(package="stn_keras")
@@ -73,8 +73,11 @@ class IntegrateVelocity(keras.layers.Layer):
     variable dtype (float32) under mixed precision.
 
     Args:
-        steps: number of squarings, an int >= 0. Defaults to `7`.
+        steps: number of squarings, an integer >= 0. Defaults to `7`.
         indexing: `"ij"` or `"xy"`. Defaults to `"ij"`.
+        padding_mode: what the squaring steps read outside the image: `"border"` (VoxelMorph
+            0.2's `VecInt`) or `"zeros"` (MONAI's `DVF2DDF`, VoxelMorph >= 0.3's `VecInt`).
+            Defaults to `"border"`.
         **kwargs: base layer arguments.
 
     Call arguments:
@@ -84,20 +87,28 @@ class IntegrateVelocity(keras.layers.Layer):
         The displacement field, the same shape, in the variable dtype.
     """
 
-    def __init__(self, steps=7, indexing="ij", **kwargs):
+    def __init__(self, steps=7, indexing="ij", padding_mode="border", **kwargs):
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
-        check_steps(steps)
+        self.steps = check_int("steps", steps, minimum=0)
         check_choice("indexing", indexing, INDEXINGS)
-        self.steps = steps
+        check_choice("padding_mode", padding_mode, INTEGRATION_PADDINGS)
         self.indexing = indexing
+        self.padding_mode = padding_mode
 
     def call(self, velocity):
         velocity = tf.cast(velocity, self.variable_dtype)
-        return integrate_velocity(velocity, steps=self.steps, indexing=self.indexing)
+        return integrate_velocity(
+            velocity, steps=self.steps, indexing=self.indexing, padding_mode=self.padding_mode
+        )
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
 
     def get_config(self):
-        return {**super().get_config(), "steps": self.steps, "indexing": self.indexing}
+        return {
+            **super().get_config(),
+            "steps": self.steps,
+            "indexing": self.indexing,
+            "padding_mode": self.padding_mode,
+        }

@@ -19,17 +19,12 @@ import tensorflow as tf
 from stn_keras.ops import coordinates
 from stn_keras.ops.grids import affine_grid
 from stn_keras.ops.sampling import grid_sample
-from stn_keras.ops.validation import check_choice
+from stn_keras.ops.validation import check_choice, check_int
 
 INDEXINGS = ("ij", "xy")
-
-
-def check_steps(steps):
-    """Raise `ValueError` unless `steps` (of `integrate_velocity`) is an int >= 0."""
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
-        raise ValueError(
-            f"Invalid value for argument `steps`. Expected an int >= 0. Received: steps={steps!r}"
-        )
+# Padding of the squaring steps of `integrate_velocity`: "border" is VoxelMorph 0.2's `VecInt`
+# (its `fill_value=None`), "zeros" is MONAI's `DVF2DDF` and VoxelMorph >= 0.3's `VecInt`.
+INTEGRATION_PADDINGS = ("border", "zeros")
 
 
 def _check_field(flow, name="flow", images=None):
@@ -68,7 +63,6 @@ def _check_field(flow, name="flow", images=None):
 
 def _to_xy(flow, indexing):
     """The field's components in the grid's `(x, y[, z])` order."""
-    check_choice("indexing", indexing, INDEXINGS)
     return tf.reverse(flow, axis=[-1]) if indexing == "ij" else flow
 
 
@@ -96,6 +90,12 @@ def flow_to_grid(flow, indexing="ij"):
         ValueError: for a field of the wrong shape or an unknown `indexing`.
     """
     flow = _check_field(flow)
+    check_choice("indexing", indexing, INDEXINGS)
+    return _flow_to_grid(flow, indexing)
+
+
+def _flow_to_grid(flow, indexing):
+    """`flow_to_grid` of a checked field."""
     dtype = coordinates.compute_dtype(flow.dtype)
     size = _spatial_size(flow)
     spatial = len(size)
@@ -142,34 +142,51 @@ def warp(images, flow, interpolation="bilinear", padding_mode="zeros", indexing=
     """
     images = tf.convert_to_tensor(images)
     flow = _check_field(flow, images=images)
-    grid = flow_to_grid(flow, indexing)
+    check_choice("indexing", indexing, INDEXINGS)
+    return _warp(images, flow, interpolation, padding_mode, indexing)
+
+
+def _warp(images, flow, interpolation, padding_mode, indexing):
+    """`warp` of checked arguments (`grid_sample` checks and records its own)."""
+    grid = _flow_to_grid(flow, indexing)
     return grid_sample(images, grid, interpolation, padding_mode, align_corners=False)
 
 
-def integrate_velocity(velocity, steps=7, indexing="ij"):
+def integrate_velocity(velocity, steps=7, indexing="ij", padding_mode="border"):
     """Integrate a stationary velocity field by scaling and squaring, as VoxelMorph's `VecInt`.
 
-    `v = velocity / 2**steps`, then `steps` times `v = v + warp(v, v)` (border padding, VoxelMorph's
-    extrapolation), giving the displacement of the flow's time-1 map: a diffeomorphism when the
-    velocity is smooth enough. `steps=0` returns the velocity unchanged.
+    `v = velocity / 2**steps`, then `steps` times `v = v + warp(v, v)`, giving the displacement of
+    the flow's time-1 map: a diffeomorphism when the velocity is smooth enough. `steps=0` returns
+    the velocity unchanged.
+
+    The squaring reads the field outside the image near the borders, and peers differ there:
+    `padding_mode="border"` repeats the edge displacement (VoxelMorph 0.2's `VecInt`, whose
+    `fill_value=None` extrapolates the nearest edge value); `"zeros"` reads 0 (MONAI's `DVF2DDF`,
+    which warps with `padding_mode="zeros"`, and VoxelMorph >= 0.3's `VecInt`). Inside the image,
+    away from the borders, both give the same field.
 
     Args:
         velocity: `(B, H, W, 2)` or `(B, D, H, W, 3)`, in pixels.
-        steps: number of squarings, an int >= 0. Defaults to `7`.
+        steps: number of squarings, an integer >= 0. Defaults to `7`.
         indexing: `"ij"` or `"xy"`, the order of the components (unchanged on output).
+            Defaults to `"ij"`.
+        padding_mode: `"border"` or `"zeros"`, what the squaring steps read outside the image.
+            Defaults to `"border"`.
 
     Returns:
         The displacement field, `velocity`'s shape and dtype.
 
     Raises:
-        ValueError: for `steps < 0` or not an int, or a field of the wrong shape.
+        ValueError: for `steps` not an integer >= 0, a field of the wrong shape, or an unknown
+            `indexing` or `padding_mode`.
     """
-    check_steps(steps)
+    steps = check_int("steps", steps, minimum=0)
     velocity = _check_field(velocity, "velocity")
     check_choice("indexing", indexing, INDEXINGS)
+    check_choice("padding_mode", padding_mode, INTEGRATION_PADDINGS)
     flow = velocity / (2.0**steps)
     for _ in range(steps):
-        flow = flow + warp(flow, flow, padding_mode="border", indexing=indexing)
+        flow = flow + _warp(flow, flow, "bilinear", padding_mode, indexing)
     return flow
 
 
@@ -193,7 +210,8 @@ def compose_flows(first, second, indexing="ij"):
     """
     first = _check_field(first, "first")
     second = _check_field(second, "second", images=first)
-    return second + warp(first, second, padding_mode="border", indexing=indexing)
+    check_choice("indexing", indexing, INDEXINGS)
+    return second + _warp(first, second, "bilinear", "border", indexing)
 
 
 def resize_flow(flow, size, interpolation="bilinear"):
@@ -243,6 +261,7 @@ def affine_to_flow(theta, size, align_corners=False, indexing="ij"):
     Raises:
         ValueError: as `affine_grid`.
     """
+    check_choice("indexing", indexing, INDEXINGS)
     grid = affine_grid(theta, size, align_corners=align_corners)
     dtype = coordinates.compute_dtype(grid.dtype)
     grid = tf.cast(grid, dtype)
@@ -265,15 +284,16 @@ def jacobian_determinant(flow, indexing="ij"):
         indexing: `"ij"` or `"xy"`, the order of the components. Defaults to `"ij"`.
 
     Returns:
-        `(B, H, W)` or `(B, D, H, W)` in float32 (float64 for a float64 field). Every axis needs at
-        least 2 pixels.
+        `(B, H, W)` or `(B, D, H, W)` in float32 (float64 for a float64 field).
 
     Raises:
-        ValueError: for a field of the wrong shape.
+        ValueError: for a field of the wrong shape, or one with an axis of fewer than 2 pixels
+            (a derivative needs two); an axis known only at run time is checked when the op runs.
     """
     flow = _check_field(flow)
-    dtype = coordinates.compute_dtype(flow.dtype)
     check_choice("indexing", indexing, INDEXINGS)
+    flow = _check_differentiable(flow)
+    dtype = coordinates.compute_dtype(flow.dtype)
     flow = tf.cast(flow, dtype)
     if indexing == "xy":  # to "ij": components in array order
         flow = tf.reverse(flow, axis=[-1])
@@ -286,6 +306,22 @@ def jacobian_determinant(flow, indexing="ij"):
         return rows[0][0] * rows[1][1] - rows[0][1] * rows[1][0]
     (a, b, c), (d, e, f), (g, h, i) = rows
     return a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)
+
+
+def _check_differentiable(flow):
+    """`flow`, checked to have at least 2 pixels along every spatial axis."""
+    message = (
+        "Argument `flow` must have at least 2 pixels along every spatial axis for "
+        "`jacobian_determinant` (finite differences need two)."
+    )
+    sizes = tf.TensorShape(flow.shape)[1:-1]
+    if any(size is not None and size < 2 for size in sizes):
+        raise ValueError(f"{message} Received: flow.shape={tf.TensorShape(flow.shape)}")
+    if sizes.is_fully_defined():
+        return flow
+    check = tf.debugging.assert_greater_equal(tf.shape(flow)[1:-1], 2, message=message)
+    with tf.control_dependencies([check]):
+        return tf.identity(flow)
 
 
 def _gradient(x, axis):

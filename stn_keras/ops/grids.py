@@ -9,7 +9,7 @@ The grid convention (last axis `(x, y)`, normalised to [-1, 1], `align_corners`)
 import tensorflow as tf
 
 from stn_keras.ops import coordinates, recording
-from stn_keras.ops.validation import check_bool, check_size
+from stn_keras.ops.validation import SIZE_LAYOUTS, check_bool, check_size
 
 # The projective division x' / w is guarded by keeping |w| >= this, with w's sign (w == 0 counts
 # as positive). A point with |w| below it lies near the homography's horizon: its true position is
@@ -217,7 +217,23 @@ def spatial_dims(params, name, layouts, size):
         if length is not None and length not in fits:
             check_size(size, dims=tuple(fits))  # raises, naming `size`
         return fits[0] if length is None else length
+    _check_size_fits(params, name, layouts, size, fits[0])
     return fits[0]
+
+
+def _check_size_fits(params, name, layouts, size, spatial):
+    """Raise `ValueError` naming both when `size` has the other rank's number of entries."""
+    if isinstance(size, tf.Tensor | tf.Variable) or not hasattr(size, "__len__"):
+        return  # checked by `check_size` when the caller validates it
+    if len(size) != spatial and len(size) in layouts:
+        what = {2: "an image", 3: "a volume"}
+        raise ValueError(
+            f"Arguments `{name}` and `size` describe different ranks: `{name}` of shape "
+            f"{tf.TensorShape(params.shape)} transforms {what[spatial]}, which takes a size "
+            f"{SIZE_LAYOUTS[spatial]}, but `size` has {len(size)} entries ({what[len(size)]}'s "
+            f"{SIZE_LAYOUTS[len(size)]}). Received: {name}.shape={tf.TensorShape(params.shape)}, "
+            f"size={size!r}"
+        )
 
 
 def affine_grid(theta, size, align_corners=False):

@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from stn_keras.ops import coordinates, grids
+from stn_keras.ops.validation import check_int
 
 
 def _kernel(squared_distance):
@@ -37,16 +38,8 @@ def _kernel(squared_distance):
 
 
 def _check_control_points(control_points):
-    """Raise `ValueError` unless `control_points` is an integer K >= 2."""
-    if (
-        isinstance(control_points, bool)
-        or not isinstance(control_points, (int, np.integer))
-        or control_points < 2
-    ):
-        raise ValueError(
-            "Invalid value for argument `control_points`. Expected an integer >= 2 (the side K of "
-            f"the K x K lattice of control points). Received: control_points={control_points!r}"
-        )
+    """`control_points` as an int K >= 2 (the side of the K x K lattice), else `ValueError`."""
+    return check_int("control_points", control_points, minimum=2)
 
 
 class ThinPlateSpline:

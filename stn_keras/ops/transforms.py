@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from stn_keras.ops import grids, tps
-from stn_keras.ops.validation import check_choice
+from stn_keras.ops.validation import check_choice, check_int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,11 +149,7 @@ def get_transform(name, spatial_dims=2, **options):
         12
     """
     check_choice("transform", name, TRANSFORMS)
-    if spatial_dims not in (2, 3) or isinstance(spatial_dims, bool):
-        raise ValueError(
-            "Invalid value for argument `spatial_dims`. Expected 2 (images) or 3 (volumes). "
-            f"Received: spatial_dims={spatial_dims!r}"
-        )
+    spatial_dims = check_int("spatial_dims", spatial_dims, minimum=2, maximum=3)
     if spatial_dims == 3 and name not in VOLUME_TRANSFORMS:
         raise ValueError(
             f"The {name!r} transform is defined on images only; volumes take one of "

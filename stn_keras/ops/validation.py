@@ -30,6 +30,43 @@ def check_bool(name, value):
         )
 
 
+def is_int(value):
+    """Whether `value` is a Python or numpy integer (a bool is not)."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
+
+
+def check_int(name, value, minimum=None, maximum=None):
+    """Return `value` as a Python int; raise `ValueError` unless it is an integer in range.
+
+    Python and numpy integers are accepted alike (`np.int64(5)` from an array's shape or a config);
+    bools, floats and strings are not, even when they compare equal to an integer.
+
+    Args:
+        name: the argument's name, as the user wrote it.
+        value: the value received.
+        minimum: the smallest accepted value, or `None`. Defaults to `None`.
+        maximum: the largest accepted value, or `None`. Defaults to `None`.
+
+    Returns:
+        `int(value)`.
+
+    Raises:
+        ValueError: naming the argument, the accepted range and the value received.
+    """
+    if (
+        not is_int(value)
+        or (minimum is not None and value < minimum)
+        or (maximum is not None and value > maximum)
+    ):
+        bounds = [(">=", minimum), ("<=", maximum)]
+        expected = " and ".join(f"{op} {bound}" for op, bound in bounds if bound is not None)
+        raise ValueError(
+            f"Invalid value for argument `{name}`. Expected an integer{' ' + expected if expected else ''}. "
+            f"Received: {name}={value!r}"
+        )
+    return int(value)
+
+
 def check_rank(x, name, expected, layout):
     """Raise `ValueError` unless `x` has static rank `expected`.
 
@@ -63,11 +100,7 @@ def check_same_batch(a, a_name, b, b_name):
 
 def _is_size(value):
     """Whether `value` is a Python or numpy integer (not a bool) of at least 1."""
-    return (
-        isinstance(value, int | np.integer)
-        and not isinstance(value, bool | np.bool_)
-        and value >= 1
-    )
+    return is_int(value) and value >= 1
 
 
 # The layouts of an output size by its number of entries: an image's, then a volume's.

@@ -35,3 +35,13 @@ def test_tiny_volume_run_exports_to_onnx_and_passes(tmp_path):
     assert summary["onnx"]["passed"] and summary["onnx"]["max_abs_error"] < 1e-4
     assert (tmp_path / "registration.onnx").exists()
     assert summary["shape"] == [16, 16, 16, 1]
+
+
+def test_one_held_out_pair_draws_a_one_row_figure_and_a_rerun_reuses_the_directory(tmp_path):
+    options = dict(pairs=8, test_pairs=1, epochs=1, steps=1, verbose=0, baseline=False)
+    register.run(tmp_path / "run", **options)
+    first = (tmp_path / "run" / "figure.png").stat().st_size
+    assert first > 0
+    # Its own directory: a rerun replaces its files.
+    register.run(tmp_path / "run", **options)
+    assert (tmp_path / "run" / "figure.png").stat().st_size > 0

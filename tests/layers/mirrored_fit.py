@@ -34,6 +34,8 @@ def trainer_error_against_sgd_in_closed_form(strategy):
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(12, 3)), rng.normal(size=(12, 1))
     w0, lr, batch = np.array([[0.5], [-0.25], [1.0]]), 0.125, 4
+    previous = keras.config.floatx()
+    keras.config.set_floatx("float64")  # the compiled loss is computed in floatx
     with strategy.scope():
         model = keras.Sequential(
             [
@@ -42,11 +44,10 @@ def trainer_error_against_sgd_in_closed_form(strategy):
             ]
         )
         model.layers[0].kernel.assign(w0)
-        optimizer = keras.optimizers.SGD(lr)
-    trainer = DistributedTrainer(
-        model, optimizer, lambda t, p: tf.reduce_sum((p - t) ** 2, -1), strategy
-    )
+        model.compile(keras.optimizers.SGD(lr), loss="mse")
+    trainer = DistributedTrainer(model, strategy)
     trainer.fit(x, y, batch_size=batch, epochs=2, verbose=0)
+    keras.config.set_floatx(previous)
     w = w0
     for epoch in range(2):  # the trainer's documented batches
         order = np.random.default_rng([0, epoch]).permutation(12)
