@@ -13,20 +13,50 @@ warnings and logs are kept out of the output unless `--verbose` is given.
 """
 
 import argparse
+import math
 import os
 import sys
+import warnings
 
 from stn_keras.quiet import quiet_third_party
 
 FORMATS = ("savedmodel", "onnx", "litert")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line naming the flag (`stn-keras-export: error: argument --atol: ...`),
+    exit status 2."""
+
+    def error(self, message):
+        print(f"{self.prog}: error: {message}", file=sys.stderr, flush=True)
+        raise SystemExit(2)
+
+
+def _positive(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0; received {text!r}")
+    return value
+
+
+def _integer(text):
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer; received {text!r}") from None
+
+
 def _parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="stn-keras-export",
         description="Export a Keras model with stn-keras layers, validated in the target runtime.",
     )
-    commands = parser.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    commands = parser.add_subparsers(
+        dest="format", required=True, metavar="FORMAT", parser_class=_Parser
+    )
     helps = {
         "savedmodel": ("SavedModel directory with a serving_default signature", "OUT_DIR"),
         "onnx": ("ONNX file, run in onnxruntime", "OUT.onnx"),
@@ -48,7 +78,7 @@ def _parser():
         )
         command.add_argument(
             "--atol",
-            type=float,
+            type=_positive,
             default=None,
             help="tolerance relative to the output scale (default 1e-4)",
         )
@@ -61,61 +91,89 @@ def _parser():
         )
         if name == "onnx":
             command.add_argument(
-                "--opset", type=int, default=None, help="ONNX opset (default 18, or 20 native)"
+                "--opset", type=_integer, default=None, help="ONNX opset (default 18, or 20 native)"
             )
             command.add_argument(
                 "--native-gridsample",
                 action="store_true",
                 help="emit ONNX GridSample/AffineGrid instead of the gather decomposition",
             )
+            command.add_argument(
+                "--require-native",
+                action="store_true",
+                help="with --native-gridsample: fail, writing nothing, if a sampler cannot be a "
+                "GridSample (float16 images, a volume below opset 20) instead of keeping it on "
+                "the gather path",
+            )
     return parser
 
 
-def _export(args):
-    from stn_keras import export
+def _check_flags(parser, args):
+    """Usage errors found before anything is loaded: exit status 2, the flag named."""
+    if args.format != "onnx":
+        return
+    from stn_keras.export import onnx
 
-    if args.format == "onnx":  # fail fast on a bad opset, before loading anything
-        export.onnx.check_opset(
-            args.opset
-            if args.opset is not None
-            else (
-                export.onnx.NATIVE_OPSET if args.native_gridsample else export.onnx.DEFAULT_OPSET
-            ),
-            args.native_gridsample,
-        )
+    if args.require_native and not args.native_gridsample:
+        parser.error("argument --require-native: needs --native-gridsample")
+    default = onnx.NATIVE_OPSET if args.native_gridsample else onnx.DEFAULT_OPSET
+    try:
+        onnx.check_opset(args.opset if args.opset is not None else default, args.native_gridsample)
+    except ValueError as e:
+        parser.error(f"argument --opset: {e}")
+
+
+def _export(args):
+    """Export as the flags say; returns `(summary line, warnings to show)`."""
+    from stn_keras import export
+    from stn_keras.export.onnx_gridsample import GATHER_PATH_WARNING
+
     kind = "savedmodel" if args.format == "savedmodel" else "file"
     export.files.check_target(args.output, args.force, kind=kind, inputs=[args.model])
     model = export.load_model(args.model, custom_modules=args.custom_module)
     options = {"force": args.force, "validate": not args.no_validate}
     if args.atol is not None:
         options["atol"] = args.atol
-    if args.format == "savedmodel":
-        report = export.export_savedmodel(model, args.output, **options)
-    elif args.format == "onnx":
-        report = export.export_onnx(
-            model,
-            args.output,
-            opset=args.opset,
-            native_gridsample=args.native_gridsample,
-            **options,
-        )
-    else:
-        report = export.export_litert(model, args.output, **options)
-    return report.summary() if report is not None else f"wrote {args.output} (not validated)"
+    # The native path's own warnings are shown even in quiet mode: they change what was written.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("ignore")
+        warnings.filterwarnings("always", message=GATHER_PATH_WARNING)
+        if args.format == "savedmodel":
+            report = export.export_savedmodel(model, args.output, **options)
+        elif args.format == "onnx":
+            report = export.export_onnx(
+                model,
+                args.output,
+                opset=args.opset,
+                native_gridsample=args.native_gridsample,
+                require_native=args.require_native,
+                **options,
+            )
+        else:
+            report = export.export_litert(model, args.output, **options)
+    notes = [str(w.message) for w in caught]
+    summary = report.summary() if report is not None else f"wrote {args.output} (not validated)"
+    return summary, notes
 
 
 def main(argv=None):
     """Run the command line; returns the exit status (0 on success, 1 on any error, 2 on bad usage)."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     if not args.verbose:  # effective only when TensorFlow is not loaded yet
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
+        _check_flags(parser, args)
         with quiet_third_party(args.verbose):
-            summary = _export(args)
+            summary, notes = _export(args)
+    except SystemExit:
+        raise
     except Exception as e:  # the command line's contract: one line, no traceback
         message = " ".join(str(e).split()) or type(e).__name__
         print(f"error: {message}", file=sys.stderr)
         return 1
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr)
     print(summary)
     return 0

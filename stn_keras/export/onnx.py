@@ -62,7 +62,7 @@ def _frozen_call(model):
     return convert_variables_to_constants_v2(call.get_concrete_function(*signature)), specs
 
 
-def convert(model, opset=DEFAULT_OPSET, native_gridsample=False):
+def convert(model, opset=DEFAULT_OPSET, native_gridsample=False, kept=None):
     """Convert `model` to an `onnx.ModelProto` (not validated; see `export_onnx`).
 
     Args:
@@ -70,6 +70,8 @@ def convert(model, opset=DEFAULT_OPSET, native_gridsample=False):
         opset: the ONNX opset. Defaults to `DEFAULT_OPSET`.
         native_gridsample: whether to replace each `grid_sample` by GridSample (and AffineGrid where
             the grid is affine and the opset has it). Defaults to `False`.
+        kept: a list to which each sampler that stays on the gather path appends
+            `(scope, short reason, long reason)`, or `None`. Defaults to `None`.
 
     Returns:
         `(model_proto, rewrites)`: the ONNX model, inputs named after the Keras inputs and outputs
@@ -117,7 +119,7 @@ def convert(model, opset=DEFAULT_OPSET, native_gridsample=False):
             input_names=input_names,
             output_names=output_names + thetas,
             opset=min(opset, TF2ONNX_MAX_OPSET),
-            custom_rewriter=[onnx_gridsample.native_rewriter(samplers, replaced, opset)]
+            custom_rewriter=[onnx_gridsample.native_rewriter(samplers, replaced, opset, kept)]
             if samplers
             else None,
             tensors_to_rename=rename,
@@ -138,6 +140,21 @@ def convert(model, opset=DEFAULT_OPSET, native_gridsample=False):
 session_of = onnx_gridsample.session_of
 
 
+def native_summary(rewrites, kept):
+    """The report's account of the native path: "2 samplers: 1 GridSample (1 with AffineGrid),
+    1 on the gather path (float16 images)"."""
+    total = len(rewrites) + len(kept)
+    affine = sum(used_affine_grid for _, _, used_affine_grid in rewrites)
+    line = (
+        f"{total} sampler{'s' if total != 1 else ''}: {len(rewrites)} GridSample "
+        f"({affine} with AffineGrid)"
+    )
+    if kept:
+        reasons = ", ".join(sorted({short for _, short, _ in kept}))
+        line += f", {len(kept)} on the gather path ({reasons})"
+    return line
+
+
 def onnx_runner(session):
     """`(inputs: list of arrays) -> list of arrays` running an onnxruntime session."""
     names = [i.name for i in session.get_inputs()]
@@ -155,6 +172,7 @@ def export_onnx(
     *,
     opset=None,
     native_gridsample=False,
+    require_native=False,
     force=False,
     validate=True,
     batch_sizes=validation.DEFAULT_BATCH_SIZES,
@@ -169,7 +187,11 @@ def export_onnx(
             `native_gridsample`.
         native_gridsample: whether to emit ONNX's native `GridSample` (and `AffineGrid` for affine
             grids, opset 20+) in place of the gather decomposition of each sampler; the numbers are the
-            same, onnxruntime runs it faster. Defaults to `False`.
+            same, onnxruntime runs it faster. A sampler GridSample cannot run (float16 images, a
+            volume below opset 20) stays on the gather path: a warning names it, and the report's
+            runtime line and `gather_path` count it. Defaults to `False`.
+        require_native: with `native_gridsample`, refuse (`ValueError`, nothing written) when any
+            sampler would stay on the gather path. Defaults to `False`.
         force: whether to replace an existing `path`. Defaults to `False`.
         validate: whether to run the file in onnxruntime and compare it with the model before moving
             it into place. Defaults to `True`.
@@ -177,26 +199,36 @@ def export_onnx(
         atol: validation tolerance (see `validation.DEFAULT_ATOL`). Defaults to `1e-4`.
 
     Returns:
-        The `ParityReport`, or `None` with `validate=False`.
+        The `ParityReport` (its `gather_path` lists `(scope, reason)` of every sampler the native
+        path left on the gather path), or `None` with `validate=False`.
 
     Raises:
         FileExistsError: if `path` exists and `force` is false.
         PermissionError: if the directory that should hold `path` is not writable (checked before
             converting).
-        ValueError: for an invalid `opset`, a `path` that `files.check_target` refuses, or a model
-            that cannot be converted (see `convert`).
+        ValueError: for an invalid `opset`, a `path` that `files.check_target` refuses, a model
+            that cannot be converted (see `convert`), or with `require_native` a sampler that
+            GridSample cannot run.
         ValidationError: if onnxruntime's results do not match the model; nothing is written then.
     """
     if opset is None:
         opset = NATIVE_OPSET if native_gridsample else DEFAULT_OPSET
     check_opset(opset, native_gridsample)
     files.check_target(path, force)  # before converting: a refused path costs nothing
-    proto, rewrites = convert(model, opset=opset, native_gridsample=native_gridsample)
+    if require_native and not native_gridsample:
+        raise ValueError("`require_native=True` (--require-native) needs `native_gridsample=True`.")
+    kept = []
+    proto, rewrites = convert(model, opset=opset, native_gridsample=native_gridsample, kept=kept)
+    if require_native and kept:
+        raise ValueError(
+            f"{len(kept)} sampler(s) cannot be a native GridSample: "
+            + "; ".join(f"{scope!r} ({short})" for scope, short, _ in kept)
+            + ". Nothing was written (without --require-native they stay on the gather path)."
+        )
     runtime = f"onnxruntime {ort.__version__}, opset {opset}"
-    if rewrites:
-        affine = sum(used_affine_grid for _, _, used_affine_grid in rewrites)
-        runtime += f", {len(rewrites)} GridSample ({affine} with AffineGrid)"
-    return artifacts.export_validated(
+    if native_gridsample:
+        runtime += ", " + native_summary(rewrites, kept)
+    report = artifacts.export_validated(
         model,
         path,
         format="onnx-native" if native_gridsample else "onnx",
@@ -207,3 +239,6 @@ def export_onnx(
         batch_sizes=batch_sizes,
         atol=atol,
     )
+    if report is not None:
+        report.gather_path = [(scope, short) for scope, short, _ in kept]
+    return report

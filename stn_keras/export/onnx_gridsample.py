@@ -197,21 +197,33 @@ def _native_name(boundary, what):
 
 
 def _refusal(boundary, opset):
-    """Why GridSample cannot replace `boundary` at `opset`, or `None` when it can."""
+    """`(short, long)` reasons GridSample cannot replace `boundary` at `opset`, or `None` when it
+    can: the short one for the report line ("float16 images"), the long one for the warning."""
     images_dtype, grid_dtype, _ = boundary.dtypes
     if images_dtype not in _ORT_DTYPES or grid_dtype != images_dtype:
         return (
+            f"{images_dtype} images" if images_dtype not in _ORT_DTYPES else f"{grid_dtype} grid",
             f"samples {images_dtype} images with a {grid_dtype} grid; onnxruntime's GridSample "
-            "needs float32 or float64 for both"
+            "needs float32 or float64 for both",
         )
     if boundary.spatial_dims == 3 and opset < VOLUME_OPSET:
         return (
-            f"samples a volume, which GridSample takes from opset {VOLUME_OPSET} on (opset {opset})"
+            f"a volume below opset {VOLUME_OPSET}",
+            f"samples a volume, which GridSample takes from opset {VOLUME_OPSET} on (opset {opset})",
         )
     return None
 
 
-def native_rewriter(samplers, rewrites, opset):
+# The warning's pattern, for `warnings.filterwarnings` (the command line always shows it).
+GATHER_PATH_WARNING = r"The sampler in scope .* so it stays on the gather path"
+
+
+def gather_path_message(scope, reason):
+    """The warning for a sampler that stays on the gather path."""
+    return f"The sampler in scope {scope!r} {reason}, so it stays on the gather path."
+
+
+def native_rewriter(samplers, rewrites, opset, kept=None):
     """A tf2onnx rewriter that replaces each sampler by `Transpose -> GridSample -> Transpose`.
 
     It runs on tf2onnx's graph before tf2onnx maps and optimises it, so every consumer of a sampler's
@@ -226,6 +238,8 @@ def native_rewriter(samplers, rewrites, opset):
             sampler replaced (see `use_affine_grids`).
         opset: the opset the model is exported at; a volume sampler below `VOLUME_OPSET` stays on
             the gather path, with a warning.
+        kept: a list the rewriter appends `(scope, short reason, long reason)` to for each
+            sampler that stays on the gather path, or `None`. Defaults to `None`.
 
     Returns:
         A function `(graph, ops) -> ops` for `tf2onnx.convert`'s `custom_rewriter`.
@@ -237,11 +251,9 @@ def native_rewriter(samplers, rewrites, opset):
                 continue
             refusal = _refusal(boundary, opset)
             if refusal is not None:
-                warnings.warn(
-                    f"The sampler in scope {boundary.scope!r} {refusal}, so it stays on the "
-                    "gather path.",
-                    stacklevel=2,
-                )
+                warnings.warn(gather_path_message(boundary.scope, refusal[1]), stacklevel=2)
+                if kept is not None:
+                    kept.append((boundary.scope, *refusal))
                 continue
             dtype = _ORT_DTYPES[boundary.dtypes[0]]
             interpolation, padding_mode, align_corners = boundary.mode

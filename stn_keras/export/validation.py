@@ -39,6 +39,8 @@ class ParityReport:
         runtime: the runtime the artifact ran in.
         spatial_sizes: the sizes dynamic spatial axes took, one per batch size (empty when all
             sizes are static).
+        gather_path: for a native ONNX export, `(scope, reason)` of each sampler that stayed on
+            the gather path (empty otherwise).
     """
 
     format: str
@@ -47,6 +49,7 @@ class ParityReport:
     tolerance: float
     runtime: str = ""
     spatial_sizes: tuple = ()
+    gather_path: list = dataclasses.field(default_factory=list)
 
     @property
     def max_abs_error(self):

@@ -64,10 +64,89 @@ def test_cli_refuses_to_overwrite_without_force(model_file, tmp_path, capsys):
     assert target.read_bytes() != b"old"
 
 
-def test_cli_failed_validation_exits_nonzero_and_writes_nothing(model_file, tmp_path, capsys):
-    status, _, err = _cli(capsys, "onnx", model_file, tmp_path / "m.onnx", "--atol", "-1")
+def test_cli_failed_validation_exits_nonzero_and_writes_nothing(
+    model_file, tmp_path, capsys, monkeypatch
+):
+    from stn_keras.export import onnx as onnx_export
+
+    runner = onnx_export.onnx_runner
+    # An artifact whose every output is off by one: validation must refuse it.
+    monkeypatch.setattr(
+        onnx_export,
+        "onnx_runner",
+        lambda session: lambda inputs: [o + 1.0 for o in runner(session)(inputs)],
+    )
+    status, _, err = _cli(capsys, "onnx", model_file, tmp_path / "m.onnx")
     _assert_one_line_error(status, err, "Validation failed")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--atol", "0"),
+        ("--atol", "-1"),
+        ("--atol", "nan"),
+        ("--atol", "tight"),
+        ("--opset", "0"),
+        ("--opset", "-1"),
+        ("--opset", "99"),
+        ("--opset", "eighteen"),
+    ],
+)
+def test_cli_a_bad_flag_is_a_one_line_usage_error_naming_it(
+    model_file, tmp_path, capsys, flag, value
+):
+    with pytest.raises(SystemExit) as exit_info:
+        export.main(["onnx", str(model_file), str(tmp_path / "m.onnx"), flag, value])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and f"argument {flag}" in lines[0], lines
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def float16_model_file(tmp_path_factory):
+    """A mixed-precision sampler: float16 images, which onnxruntime's GridSample does not take."""
+    import keras
+
+    import stn_keras
+
+    images = keras.Input((4, 5, 1), name="images")
+    theta = keras.layers.Dense(6, bias_initializer=keras.initializers.Constant([1, 0, 0, 0, 1, 0]))(
+        keras.layers.Flatten()(images)
+    )
+    sampler = stn_keras.TransformSampler(output_size=(3, 3), dtype="mixed_float16")
+    path = tmp_path_factory.mktemp("models") / "float16.keras"
+    keras.Model(images, sampler([images, theta])).save(path)
+    return path
+
+
+def test_cli_native_export_says_which_samplers_stay_on_the_gather_path(
+    float16_model_file, tmp_path, capsys
+):
+    target = tmp_path / "m.onnx"
+    status, out, err = _cli(
+        capsys, "onnx", float16_model_file, target, "--native-gridsample", "--atol", "1e-2"
+    )
+    assert status == 0, err
+    assert "PASS" in out and "1 sampler: 0 GridSample (0 with AffineGrid)" in out
+    assert "1 on the gather path (float16 images)" in out
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "stays on the gather path" in warnings[0], err
+    # --require-native refuses instead, and writes nothing.
+    refused = tmp_path / "refused.onnx"
+    status, _, err = _cli(
+        capsys, "onnx", float16_model_file, refused, "--native-gridsample", "--require-native"
+    )
+    _assert_one_line_error(status, err, "cannot be a native GridSample")
+    assert not refused.exists()
+
+
+def test_cli_native_export_counts_its_gridsamples(model_file, tmp_path, capsys):
+    status, out, err = _cli(capsys, "onnx", model_file, tmp_path / "m.onnx", "--native-gridsample")
+    assert status == 0 and "warning" not in err
+    assert "1 sampler: 1 GridSample" in out and "gather path" not in out
 
 
 def test_cli_missing_model_file(tmp_path, capsys):
@@ -87,11 +166,6 @@ def test_cli_non_keras_model_file(tmp_path, capsys):
     other.write_bytes(b"\x89HDF\r\n")
     status, _, err = _cli(capsys, "savedmodel", other, tmp_path / "sm")
     _assert_one_line_error(status, err, "is not a Keras model file")
-
-
-def test_cli_invalid_opset(model_file, tmp_path, capsys):
-    status, _, err = _cli(capsys, "onnx", model_file, tmp_path / "m.onnx", "--opset", "99")
-    _assert_one_line_error(status, err, "Invalid value for argument `opset`")
 
 
 def test_cli_unknown_format_is_a_usage_error(model_file, tmp_path):

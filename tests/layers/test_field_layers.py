@@ -93,7 +93,7 @@ def test_fields_stay_float32_under_mixed_precision(policy):
 
 
 def test_field_layer_arguments_are_checked():
-    with pytest.raises(ValueError, match=r"steps.*int >= 0.*steps=-2"):
+    with pytest.raises(ValueError, match=r"steps.*integer >= 0.*steps=-2"):
         IntegrateVelocity(steps=-2)
     with pytest.raises(ValueError, match=r"indexing.*'ij', 'xy'"):
         Warp(indexing="ji")

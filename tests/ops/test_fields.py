@@ -284,10 +284,48 @@ def test_bicubic_warp_of_a_volume_is_refused():
 
 @pytest.mark.parametrize("steps", [-1, 2.0, True])
 def test_invalid_steps_are_refused(steps):
-    with pytest.raises(ValueError, match=r"steps.*int >= 0"):
+    with pytest.raises(ValueError, match=r"steps.*integer >= 0"):
         integrate_velocity(tf.zeros((1, 4, 4, 2)), steps=steps)
 
 
 def test_unknown_indexing_is_refused():
     with pytest.raises(ValueError, match=r"indexing.*'ij', 'xy'"):
         warp(tf.zeros((1, 4, 4, 1)), tf.zeros((1, 4, 4, 2)), indexing="yx")
+
+
+@pytest.mark.parametrize("padding_mode, last_column", [("border", 2.0), ("zeros", 1.0)])
+def test_integration_padding_at_the_border_in_closed_form(padding_mode, last_column):
+    # A constant velocity of 2 pixels along W, one squaring: flow = u + u[p + u] with u = 1 pixel,
+    # an exact pixel shift. Inside, u[p + u] = 1; from the last column it reads outside: the edge
+    # value 1 with "border" (VoxelMorph 0.2), 0 with "zeros" (MONAI's DVF2DDF, VoxelMorph >= 0.3).
+    velocity = np.zeros((1, 3, 5, 2), "float64")
+    velocity[..., 1] = 2.0
+    flow = integrate_velocity(velocity, steps=1, padding_mode=padding_mode).numpy()
+    expected = np.zeros_like(velocity)
+    expected[..., 1] = 2.0
+    expected[:, :, -1, 1] = last_column
+    np.testing.assert_array_equal(flow, expected)
+
+
+def test_integration_paddings_agree_away_from_the_borders():
+    rng = np.random.default_rng(4)
+    velocity = np.zeros((1, 16, 16, 2), "float64")
+    velocity[:, 4:12, 4:12] = rng.normal(0.0, 0.3, (1, 8, 8, 2))  # vanishes near the borders
+    border = integrate_velocity(velocity, steps=5, padding_mode="border").numpy()
+    zeros = integrate_velocity(velocity, steps=5, padding_mode="zeros").numpy()
+    np.testing.assert_array_equal(border, zeros)
+
+
+def test_integrate_velocity_layer_keeps_its_padding_mode_in_its_config():
+    from stn_keras import IntegrateVelocity
+
+    layer = IntegrateVelocity(steps=np.int64(3), padding_mode="zeros")
+    clone = IntegrateVelocity.from_config(layer.get_config())
+    assert clone.steps == 3 and clone.padding_mode == "zeros"
+    with pytest.raises(ValueError, match="padding_mode"):
+        IntegrateVelocity(padding_mode="reflection")
+
+
+def test_jacobian_determinant_of_a_one_pixel_axis_raises():
+    with pytest.raises(ValueError, match=r"at least 2 pixels.*flow.shape=\(1, 1, 4, 2\)"):
+        jacobian_determinant(tf.zeros((1, 1, 4, 2)))
