@@ -15,7 +15,7 @@ import warnings
 
 import tensorflow as tf
 
-from stn_keras.export import artifacts, validation
+from stn_keras.export import artifacts, precision, validation
 from stn_keras.export.savedmodel import (
     SERVING_SIGNATURE,
     signature_output_names,
@@ -102,6 +102,11 @@ def export_litert(
         batch_sizes: batch sizes to validate at (the input is resized to each). Defaults to `(1, 5)`.
         atol: validation tolerance (see `validation.DEFAULT_ATOL`). Defaults to `1e-4`.
 
+    A model that computes in half precision (a `mixed_float16` or `mixed_bfloat16` policy) is
+    converted as its float32 twin (`stn_keras.export.precision`): the same layers and weights,
+    computing in float32, since LiteRT's builtin kernels take no float16 convolutions or gathers.
+    The twin is what is validated, and the report's runtime says so.
+
     Returns:
         The `ParityReport`, or `None` with `validate=False`.
 
@@ -117,12 +122,19 @@ def export_litert(
         raise ValueError(f"Argument `path` must end with '.tflite'. Received: path={str(path)!r}")
     specs = validation.input_specs(model, dynamic_sizes=False, format="LiteRT")
     names = signature_output_names(model)
+    model, policies = precision.float32_twin(model)
+    note = f", float32 twin of a {'/'.join(policies)} model" if policies else ""
+
+    def runner(staging):
+        run, runtime = litert_runner(staging, specs, names)
+        return run, runtime + note
+
     return artifacts.export_validated(
         model,
         path,
         format="litert",
         write=lambda staging: _convert(model, staging),
-        runner=lambda staging: litert_runner(staging, specs, names),
+        runner=runner,
         force=force,
         validate=validate,
         batch_sizes=batch_sizes,

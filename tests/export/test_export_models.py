@@ -85,6 +85,34 @@ def test_default_spatial_transformer_exports_to_onnx_under_mixed_float16(tmp_pat
         ).passed
 
 
+def test_mixed_precision_model_exports_to_litert_as_its_float32_twin(tmp_path):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        images = keras.Input((12, 12, 1), name="images")
+        features = keras.layers.Conv2D(4, 3)(
+            stn_keras.SpatialTransformer(output_size=(8, 8))(images)
+        )
+        logits = keras.layers.Dense(3, dtype="float32")(keras.layers.Flatten()(features))
+        model = keras.Model(images, logits)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    report = export_litert(model, tmp_path / "m.tflite")
+    assert report.passed and "float32 twin of a mixed_float16 model" in report.runtime
+    # The twin is the same model: the artifact agrees with the float16 model to float16's
+    # precision (11 bits: relative 2**-11 per rounding, a few dozen roundings deep).
+    from stn_keras.export.litert import litert_runner
+    from stn_keras.export.savedmodel import signature_output_names
+    from stn_keras.export.validation import input_specs
+
+    run, _ = litert_runner(
+        str(tmp_path / "m.tflite"), input_specs(model), signature_output_names(model)
+    )
+    x = np.random.default_rng(0).random((5, 12, 12, 1)).astype("float32")
+    expected = model(x).numpy()
+    scale = max(1.0, float(np.max(np.abs(expected))))
+    np.testing.assert_allclose(run([x])[0], expected, rtol=0, atol=5e-2 * scale)
+
+
 @pytest.fixture(scope="module")
 def dynamic_model():
     """`(B, None, None, 3) -> [warp at its own size, warp at a fixed size]`, affine, non-identity."""
