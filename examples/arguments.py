@@ -1,50 +1,21 @@
-"""Command-line checks shared by the examples: every flag is checked before any work starts.
-
-A bad value ends the command with one line that names the flag and what it accepts, exit status 2,
-and nothing written (`Parser.error`). The types here are argparse `type=` callables.
+"""The examples' flag checks: `stn_keras.command_line`, loaded from its file without importing the
+`stn_keras` package, whose `__init__` imports TensorFlow (10 s here): the multi-worker launcher
+never needs TensorFlow, and a bad flag is reported at once.
 """
 
-import argparse
-import math
+import importlib.util
+import pathlib
 import sys
 
+_NAME = "examples._command_line"
+if _NAME not in sys.modules:
+    _path = pathlib.Path(__file__).resolve().parents[1] / "stn_keras" / "command_line.py"
+    _spec = importlib.util.spec_from_file_location(_NAME, _path)
+    sys.modules[_NAME] = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(sys.modules[_NAME])
 
-class Parser(argparse.ArgumentParser):
-    """An `ArgumentParser` whose errors are one line: `PROG: error: argument --flag: ...`."""
-
-    def error(self, message):
-        print(f"{self.prog}: error: {message}", file=sys.stderr, flush=True)
-        raise SystemExit(2)
-
-
-def integer(minimum):
-    """An argparse type: an integer >= `minimum` (no silent substitution of 0 or -1)."""
-
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected an integer >= {minimum}; received {text!r}"
-            ) from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}; received {text!r}")
-        return value
-
-    parse.__name__ = f"integer >= {minimum}"
-    return parse
-
-
-def positive_number(text):
-    """An argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0; received {text!r}")
-    return value
-
-
-positive_int = integer(1)
-nonnegative_int = integer(0)
+Parser = sys.modules[_NAME].Parser
+integer = sys.modules[_NAME].integer
+positive_number = sys.modules[_NAME].positive_number
+positive_int = sys.modules[_NAME].positive_int
+nonnegative_int = sys.modules[_NAME].nonnegative_int

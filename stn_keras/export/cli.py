@@ -12,50 +12,23 @@ existing output without `--force`, or a failed validation (which leaves nothing 
 warnings and logs are kept out of the output unless `--verbose` is given.
 """
 
-import argparse
-import math
 import os
 import sys
 import warnings
 
+from stn_keras import command_line
 from stn_keras.quiet import quiet_third_party
 
 FORMATS = ("savedmodel", "onnx", "litert")
 
 
-class _Parser(argparse.ArgumentParser):
-    """Usage errors in one line naming the flag (`stn-keras-export: error: argument --atol: ...`),
-    exit status 2."""
-
-    def error(self, message):
-        print(f"{self.prog}: error: {message}", file=sys.stderr, flush=True)
-        raise SystemExit(2)
-
-
-def _positive(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0; received {text!r}")
-    return value
-
-
-def _integer(text):
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer; received {text!r}") from None
-
-
 def _parser():
-    parser = _Parser(
+    parser = command_line.Parser(
         prog="stn-keras-export",
         description="Export a Keras model with stn-keras layers, validated in the target runtime.",
     )
     commands = parser.add_subparsers(
-        dest="format", required=True, metavar="FORMAT", parser_class=_Parser
+        dest="format", required=True, metavar="FORMAT", parser_class=command_line.Parser
     )
     helps = {
         "savedmodel": ("SavedModel directory with a serving_default signature", "OUT_DIR"),
@@ -78,7 +51,7 @@ def _parser():
         )
         command.add_argument(
             "--atol",
-            type=_positive,
+            type=command_line.positive_number,
             default=None,
             help="tolerance relative to the output scale (default 1e-4)",
         )
@@ -91,7 +64,10 @@ def _parser():
         )
         if name == "onnx":
             command.add_argument(
-                "--opset", type=_integer, default=None, help="ONNX opset (default 18, or 20 native)"
+                "--opset",
+                type=command_line.any_integer,
+                default=None,
+                help="ONNX opset (default 18, or 20 native)",
             )
             command.add_argument(
                 "--native-gridsample",
