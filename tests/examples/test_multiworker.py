@@ -179,10 +179,8 @@ def _snapshot(folder):
     return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM])
-def test_a_signal_to_the_launcher_stops_every_worker_and_a_rerun_resumes(tmp_path, signum):
-    out = tmp_path / "out"
-    args = [*TINY, "--epochs", "6", "--workers", "2", "--out", str(out)]
+def _start_launcher(args):
+    """The launcher as a process, and its workers' pids (from its first line)."""
     launcher = subprocess.Popen(
         [sys.executable, "-m", "examples.multiworker", *args],
         stdout=subprocess.PIPE,
@@ -190,10 +188,38 @@ def test_a_signal_to_the_launcher_stops_every_worker_and_a_rerun_resumes(tmp_pat
         text=True,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
+    first = launcher.stdout.readline()
+    assert "launched 2 workers (pids " in first, first
+    return launcher, [int(p) for p in first.split("(pids ")[1].split(")")[0].split(", ")]
+
+
+def _assert_stopped_by(launcher, stderr, signum, pids):
+    assert launcher.returncode == 128 + signum
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and signal.Signals(signum).name in errors[0], stderr[-2000:]
+    assert not any(_alive(pid) for pid in pids)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGINT])
+def test_sighup_and_sigint_to_the_launcher_stop_every_worker(tmp_path, signum):
+    # Sent while the workers start: the same handler as SIGTERM's (tested through a resume below).
+    launcher, pids = _start_launcher([*TINY, "--workers", "2", "--out", str(tmp_path / "out")])
     try:
-        first = launcher.stdout.readline()
-        assert "launched 2 workers (pids " in first, first
-        pids = [int(p) for p in first.split("(pids ")[1].split(")")[0].split(", ")]
+        time.sleep(1.0)
+        launcher.send_signal(signum)
+        _, stderr = launcher.communicate(timeout=60)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    _assert_stopped_by(launcher, stderr, signum, pids)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM])
+def test_a_signal_to_the_launcher_stops_every_worker_and_a_rerun_resumes(tmp_path, signum):
+    out = tmp_path / "out"
+    args = [*TINY, "--epochs", "6", "--workers", "2", "--out", str(out)]
+    launcher, pids = _start_launcher(args)
+    try:
         # Stop it once both workers have checkpointed epoch 1 (they train on, into `out`).
         deadline = time.monotonic() + TIMEOUT
         while len(list(out.glob("checkpoints/worker-*/ckpt-1.index"))) < 2:
@@ -204,10 +230,7 @@ def test_a_signal_to_the_launcher_stops_every_worker_and_a_rerun_resumes(tmp_pat
     finally:
         if launcher.poll() is None:
             launcher.kill()
-    assert launcher.returncode == 128 + signum
-    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and signal.Signals(signum).name in errors[0], stderr[-2000:]
-    assert not any(_alive(pid) for pid in pids)
+    _assert_stopped_by(launcher, stderr, signum, pids)
     before = _snapshot(out)
     time.sleep(2.0)
     assert _snapshot(out) == before  # nothing more is written
