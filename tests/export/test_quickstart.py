@@ -17,6 +17,7 @@ def test_quickstart_exports_every_format_and_exits_zero(tmp_path, capsys):
         assert noise not in out and noise not in captured.err, noise
     assert out.count("PASS") == 4 and "FAIL" not in out
     assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".stn-keras-example",  # marks the directory as the quick start's (examples/outputs.py)
         "savedmodel",
         "st_cnn.keras",
         "st_cnn.onnx",
