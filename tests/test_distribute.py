@@ -19,11 +19,17 @@ W0 = np.array([[0.5], [-0.25], [1.0]])
 
 @pytest.fixture(autouse=True)
 def float64():
-    """Losses in float64 (Keras computes compiled losses in floatx): exact comparisons."""
-    previous = keras.config.floatx()
+    """Layers and losses in float64 (Keras computes compiled losses in floatx): exact comparisons.
+
+    The dtype policy is set too: once any code has set a global policy (other tests in this
+    process may have), layers follow it rather than floatx.
+    """
+    previous = keras.config.floatx(), keras.config.dtype_policy()
     keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
     yield
-    keras.config.set_floatx(previous)
+    keras.config.set_floatx(previous[0])
+    keras.config.set_dtype_policy(previous[1])
 
 
 def _data(n=N):

@@ -8,7 +8,11 @@ sampler's theta kept as a graph output through it (see `stn_keras.export.onnx_gr
 
 Opsets: tf2onnx 1.17 converts to opset 18 at most, which is the default here (`DEFAULT_OPSET`). A
 higher opset is reached with `onnx.version_converter`. The native path needs GridSample (opset 16+)
-and uses AffineGrid from opset 20 on; its default opset is 20 (`NATIVE_OPSET`).
+and uses AffineGrid from opset 20 on. Its default is opset 19 (`NATIVE_OPSET`) for images and 20
+(`onnx_gridsample.VOLUME_OPSET`) when a sampler takes a volume: opset 20 renamed GridSample's
+"bilinear" to "linear", and TensorRT's ONNX parser reads the new name as nearest
+(NVIDIA/TensorRT#4646, onnx/onnx-tensorrt#1060), a silent wrong answer on a common GPU serving stack;
+opset 20 for images is opt-in (`opset=20`), and its report says so.
 
 tf2onnx converts with continue-on-error (an unsupported op stays in the graph and the file is still
 written), so only running the file in onnxruntime proves it: every export here is validated that way
@@ -29,7 +33,12 @@ from stn_keras.ops.validation import is_int
 
 TF2ONNX_MAX_OPSET = 18  # the newest opset tf2onnx 1.17 emits
 DEFAULT_OPSET = 18
-NATIVE_OPSET = 20
+NATIVE_OPSET = 19  # images; volumes need onnx_gridsample.VOLUME_OPSET
+# Said in the report of a native graph whose GridSample spells opset 20's modes.
+TENSORRT_CAVEAT = (
+    "TensorRT reads opset-20 GridSample 'linear'/'cubic' as nearest (NVIDIA/TensorRT#4646): "
+    "export images at opset 19 for TensorRT"
+)
 
 
 def check_opset(opset, native_gridsample):
@@ -62,12 +71,37 @@ def _frozen_call(model):
     return convert_variables_to_constants_v2(call.get_concrete_function(*signature)), specs
 
 
-def convert(model, opset=DEFAULT_OPSET, native_gridsample=False, kept=None):
+def default_opset(samplers, native_gridsample):
+    """The opset an export takes when none is given (module docstring)."""
+    if not native_gridsample:
+        return DEFAULT_OPSET
+    volumes = any(s.spatial_dims == 3 for s in samplers)
+    return onnx_gridsample.VOLUME_OPSET if volumes else NATIVE_OPSET
+
+
+def model_opset(proto):
+    """The default-domain opset of an ONNX model."""
+    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def tensorrt_caveat(proto):
+    """`TENSORRT_CAVEAT` when a GridSample of `proto` spells opset 20's "linear" or "cubic"."""
+    renamed = {b"linear", b"cubic"}
+    for node in proto.graph.node:
+        if node.op_type == "GridSample" and any(
+            a.name == "mode" and a.s in renamed for a in node.attribute
+        ):
+            return TENSORRT_CAVEAT
+    return None
+
+
+def convert(model, opset=None, native_gridsample=False, kept=None):
     """Convert `model` to an `onnx.ModelProto` (not validated; see `export_onnx`).
 
     Args:
         model: a Keras model with known inputs (see `validation.input_specs`).
-        opset: the ONNX opset. Defaults to `DEFAULT_OPSET`.
+        opset: the ONNX opset, or `None` for `default_opset`: 18 (`DEFAULT_OPSET`), or with
+            `native_gridsample` 19 for images and 20 with a volume sampler. Defaults to `None`.
         native_gridsample: whether to replace each `grid_sample` by GridSample (and AffineGrid where
             the grid is affine and the opset has it). Defaults to `False`.
         kept: a list to which each sampler that stays on the gather path appends
@@ -94,7 +128,8 @@ def convert(model, opset=DEFAULT_OPSET, native_gridsample=False, kept=None):
     except ImportError:
         pass
 
-    check_opset(opset, native_gridsample)
+    if opset is not None:
+        opset = check_opset(opset, native_gridsample)
     frozen, specs = _frozen_call(model)
     input_names = [t.name for t in frozen.inputs]
     output_names = [t.name for t in frozen.outputs]
@@ -108,6 +143,8 @@ def convert(model, opset=DEFAULT_OPSET, native_gridsample=False, kept=None):
             raise ValueError(
                 f"Model {model.name!r} has no `stn_keras.grid_sample` to replace by GridSample."
             )
+    if opset is None:
+        opset = default_opset(samplers, native_gridsample)
     # Each affine sampler's theta stays a graph output through the conversion, so its name survives.
     thetas = sorted({s.theta for s in samplers if s.theta} - set(input_names) - set(output_names))
     for s in samplers:  # tf2onnx renames the tensors before its rewriters run
@@ -183,8 +220,9 @@ def export_onnx(
     Args:
         model: a Keras model with known inputs (see `validation.input_specs`).
         path: the `.onnx` file to write.
-        opset: the ONNX opset. Defaults to `None`: `DEFAULT_OPSET` (18), or `NATIVE_OPSET` (20) with
-            `native_gridsample`.
+        opset: the ONNX opset. Defaults to `None`: `DEFAULT_OPSET` (18), or with
+            `native_gridsample` `NATIVE_OPSET` (19, whose GridSample every runtime we know reads
+            right) for images and 20 when a sampler takes a volume (5-D GridSample).
         native_gridsample: whether to emit ONNX's native `GridSample` (and `AffineGrid` for affine
             grids, opset 20+) in place of the gather decomposition of each sampler; the numbers are the
             same, onnxruntime runs it faster. A sampler GridSample cannot run (float16 images, a
@@ -211,9 +249,8 @@ def export_onnx(
             GridSample cannot run.
         ValidationError: if onnxruntime's results do not match the model; nothing is written then.
     """
-    if opset is None:
-        opset = NATIVE_OPSET if native_gridsample else DEFAULT_OPSET
-    check_opset(opset, native_gridsample)
+    if opset is not None:
+        opset = check_opset(opset, native_gridsample)
     files.check_target(path, force)  # before converting: a refused path costs nothing
     if require_native and not native_gridsample:
         raise ValueError("`require_native=True` (--require-native) needs `native_gridsample=True`.")
@@ -225,9 +262,11 @@ def export_onnx(
             + "; ".join(f"{scope!r} ({short})" for scope, short, _ in kept)
             + ". Nothing was written (without --require-native they stay on the gather path)."
         )
-    runtime = f"onnxruntime {ort.__version__}, opset {opset}"
+    runtime = f"onnxruntime {ort.__version__}, opset {model_opset(proto)}"
     if native_gridsample:
         runtime += ", " + native_summary(rewrites, kept)
+        caveat = tensorrt_caveat(proto)
+        runtime += f"; {caveat}" if caveat else ""
     report = artifacts.export_validated(
         model,
         path,

@@ -41,7 +41,8 @@ def gather_path(model, tmp_path_factory):
 @pytest.fixture(scope="module")
 def native_path(model, tmp_path_factory):
     path = tmp_path_factory.mktemp("onnx") / "model_native.onnx"
-    report = export_onnx(model, path, native_gridsample=True)
+    # Opset 20: the native graph with AffineGrid (the default, 19, keeps the grid explicit).
+    report = export_onnx(model, path, native_gridsample=True, opset=20)
     return path, report
 
 
@@ -84,6 +85,25 @@ def test_native_path_replaces_every_gather_by_affinegrid_and_gridsample(native_p
     assert ops["AffineGrid"] == len(ALL_MODES)
     assert "Gather" not in ops and "Floor" not in ops
     assert {o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")} == {20}
+
+
+def test_opset_20_report_names_tensorrts_misreading(native_path):
+    assert (
+        "TensorRT reads opset-20 GridSample 'linear'/'cubic' as nearest" in native_path[1].runtime
+    )
+
+
+def test_default_native_graph_of_images_is_opset_19_with_bilinear_gridsample(small_model, tmp_path):
+    # TensorRT reads opset 20's "linear" as nearest (NVIDIA/TensorRT#4646): the default avoids it.
+    path = tmp_path / "default.onnx"
+    report = export_onnx(small_model, path, native_gridsample=True)
+    assert report.passed and "opset 19" in report.runtime and "TensorRT" not in report.runtime
+    proto = onnx.load(path)
+    assert {o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")} == {19}
+    samplers = [node for node in proto.graph.node if node.op_type == "GridSample"]
+    assert len(samplers) == 1 and "AffineGrid" not in {node.op_type for node in proto.graph.node}
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in samplers[0].attribute}
+    assert attrs["mode"] == b"bilinear"
 
 
 def test_native_gridsample_carries_each_samplers_mode(native_path):

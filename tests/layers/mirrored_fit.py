@@ -34,8 +34,9 @@ def trainer_error_against_sgd_in_closed_form(strategy):
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(12, 3)), rng.normal(size=(12, 1))
     w0, lr, batch = np.array([[0.5], [-0.25], [1.0]]), 0.125, 4
-    previous = keras.config.floatx()
+    previous = keras.config.floatx(), keras.config.dtype_policy()
     keras.config.set_floatx("float64")  # the compiled loss is computed in floatx
+    keras.config.set_dtype_policy("float64")
     with strategy.scope():
         model = keras.Sequential(
             [
@@ -47,7 +48,8 @@ def trainer_error_against_sgd_in_closed_form(strategy):
         model.compile(keras.optimizers.SGD(lr), loss="mse")
     trainer = DistributedTrainer(model, strategy)
     trainer.fit(x, y, batch_size=batch, epochs=2, verbose=0)
-    keras.config.set_floatx(previous)
+    keras.config.set_floatx(previous[0])
+    keras.config.set_dtype_policy(previous[1])
     w = w0
     for epoch in range(2):  # the trainer's documented batches
         order = np.random.default_rng([0, epoch]).permutation(12)

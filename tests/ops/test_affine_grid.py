@@ -127,13 +127,3 @@ def test_symbolic_size_tensor_with_a_zero_fails_at_run_time_naming_the_argument(
 @pytest.mark.parametrize("size", [(np.int64(3), 4), (np.int32(3), np.uint8(4)), [3, 4]], ids=str)
 def test_numpy_integer_sizes_are_accepted(size):
     assert affine_grid(tf.zeros((1, 2, 3)), size).shape == (1, 3, 4, 2)
-
-
-@pytest.mark.parametrize(
-    "theta_shape, size", [((1, 3, 4), (4, 4)), ((1, 2, 3), (4, 4, 4))], ids=["volume", "image"]
-)
-def test_theta_of_the_other_rank_names_theta_and_size(theta_shape, size):
-    with pytest.raises(
-        ValueError, match=r"`theta` and `size` describe different ranks.*theta.shape"
-    ):
-        affine_grid(tf.zeros(theta_shape), size)

@@ -341,8 +341,19 @@ def test_volume_batch_mismatch_known_only_at_run_time_fails_under_xla():
 @pytest.mark.parametrize(
     "theta_shape, size, message",
     [
-        ((1, 3, 4), (4, 4), r"three positive integers \(D_out, H_out, W_out\).*size=\(4, 4\)"),
-        ((1, 2, 3), (2, 4, 4), r"a pair of positive integers.*size=\(2, 4, 4\)"),
+        # theta of one rank and size of the other: both named
+        (
+            (1, 3, 4),
+            (4, 4),
+            r"`theta` and `size` describe different ranks.*takes a size \(D_out, H_out, W_out\)"
+            r".*theta.shape=\(1, 3, 4\), size=\(4, 4\)",
+        ),
+        (
+            (1, 2, 3),
+            (2, 4, 4),
+            r"`theta` and `size` describe different ranks.*takes a size \(H_out, W_out\)"
+            r".*theta.shape=\(1, 2, 3\), size=\(2, 4, 4\)",
+        ),
         ((1, 3, 3), (2, 4, 4), r"\(B, 2, 3\) or \(B, 3, 4\).*theta.shape=\(1, 3, 3\)"),
     ],
 )
