@@ -58,6 +58,18 @@ def _pythonify(logs):
     return out
 
 
+def _check_callbacks(callbacks, workers):
+    """`callbacks` as a list, refusing those that cannot run on several workers."""
+    callbacks = list(callbacks or [])
+    if workers > 1 and any(isinstance(c, _SINGLE_WORKER_CALLBACKS) for c in callbacks):
+        raise ValueError(
+            "`BackupAndRestore` writes one backup that every worker would overwrite; on several "
+            "workers pass `checkpoint_dir` instead (a checkpoint per worker, resumed at the newest "
+            "epoch all of them saved)."
+        )
+    return callbacks
+
+
 def _metrics_sync_on_write(model):
     """Whether the model's metric variables synchronise on every write (Keras < 3.9 under
     tf.distribute): their updates then need a cross-replica call, which cannot run inside a nested
@@ -302,14 +314,8 @@ class DistributedTrainer:
         validation = data.validation_source(
             source, validation_data, validation_batch_size, replicas
         )
-        index, count, chief = worker_task(self.strategy)
-        callbacks = list(callbacks or [])
-        if count > 1 and any(isinstance(c, _SINGLE_WORKER_CALLBACKS) for c in callbacks):
-            raise ValueError(
-                "`BackupAndRestore` writes one backup that every worker would overwrite; on "
-                "several workers pass `checkpoint_dir` instead (a checkpoint per worker, resumed "
-                "at the newest epoch all of them saved)."
-            )
+        _, count, chief = worker_task(self.strategy)
+        callbacks = _check_callbacks(callbacks, count)
         self._build(source.sample())
         manager = None
         if checkpoint_dir is not None:
@@ -333,27 +339,33 @@ class DistributedTrainer:
         logs = {}
         epoch_batches = source.epochs(self.strategy, range(initial_epoch, epochs), seed, shuffle)
         for epoch, batches in zip(range(initial_epoch, epochs), epoch_batches, strict=False):
-            model.reset_metrics()
-            callback_list.on_epoch_begin(epoch)
-            for step, batch in enumerate(batches):
-                callback_list.on_train_batch_begin(step)
-                logs = _pythonify(self._train_function(batch))
-                callback_list.on_train_batch_end(step, logs)
-                if model.stop_training:
-                    break
-            epoch_logs = dict(logs)
-            if validation is not None:
-                val_logs = self._evaluate_source(validation)
-                epoch_logs.update({f"val_{key}": value for key, value in val_logs.items()})
-            if manager is not None:
-                manager.save(checkpoint_number=epoch + 1)
-            callback_list.on_epoch_end(epoch, epoch_logs)
-            logs = epoch_logs
+            logs = self._train_epoch(callback_list, epoch, batches, validation, manager)
             if model.stop_training:
                 break
         callback_list.on_train_end(logs)
         model._initial_epoch = None
         return model.history
+
+    def _train_epoch(self, callback_list, epoch, batches, validation, manager):
+        """One epoch as `fit` runs it: steps, validation, checkpoint, `on_epoch_end`; its logs."""
+        model = self.model
+        model.reset_metrics()
+        callback_list.on_epoch_begin(epoch)
+        logs = {}
+        for step, batch in enumerate(batches):
+            callback_list.on_train_batch_begin(step)
+            logs = _pythonify(self._train_function(batch))
+            callback_list.on_train_batch_end(step, logs)
+            if model.stop_training:
+                break
+        logs = dict(logs)
+        if validation is not None:
+            val_logs = self._evaluate_source(validation)
+            logs.update({f"val_{key}": value for key, value in val_logs.items()})
+        if manager is not None:
+            manager.save(checkpoint_number=epoch + 1)
+        callback_list.on_epoch_end(epoch, logs)
+        return logs
 
     def _evaluate_source(self, source):
         """Reset the metrics, run every batch of `source` through `test_step`; the logs."""
