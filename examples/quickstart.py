@@ -5,7 +5,7 @@
 Trains an ST-CNN (a `SpatialTransformer` in front of a small classifier) on scikit-learn's bundled
 digits, distorted by random rotation, scale and translation on a 42x42 canvas (no download), saves
 it as `st_cnn.keras`, reloads that file and exports it to a SavedModel, to ONNX twice (the portable
-gather graph and onnxruntime's native `GridSample` / `AffineGrid`) and to LiteRT (builtin ops only).
+gather graph and onnxruntime's native `GridSample`, at opset 19) and to LiteRT (builtin ops only).
 Every export runs in its own runtime at batch sizes 1 and 5 and is compared with Keras; the script
 prints the parity report and also checks that each artifact classifies the held-out digits like
 Keras does. It exits non-zero if anything fails. `--out` must be new, empty, or a directory an
