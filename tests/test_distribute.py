@@ -345,3 +345,19 @@ def test_throughput_times_the_epochs_after_the_first():
 
 def test_outside_a_cluster_this_process_is_the_only_worker_and_chief():
     assert worker_task() == (0, 1, True)
+
+
+def test_batch_logs_reach_callbacks_that_read_them():
+    x, y = _data()
+    batches, epochs = [], []
+    callback = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: batches.append((batch, dict(logs))),
+        on_epoch_end=lambda epoch, logs: epochs.append(dict(logs)),
+    )
+    DistributedTrainer(_linear_model(metrics=["mae"])).fit(
+        x, y, batch_size=BATCH, epochs=1, callbacks=[callback], verbose=0
+    )
+    assert [batch for batch, _ in batches] == [0, 1, 2]
+    assert all(sorted(logs) == ["loss", "mae"] for _, logs in batches)
+    # The last batch's running means are the epoch's.
+    assert batches[-1][1] == epochs[0]
