@@ -193,7 +193,17 @@ def _start_launcher(args):
     return launcher, [int(p) for p in first.split("(pids ")[1].split(")")[0].split(", ")]
 
 
-def _assert_stopped_by(launcher, stderr, signum, pids):
+def _signal_launcher(args, signum, ready):
+    """Start the launcher, wait for `ready(launcher)`, send `signum`; check that it stopped every
+    worker and said so in one line, exiting with 128 + the signal's number."""
+    launcher, pids = _start_launcher(args)
+    try:
+        ready(launcher)
+        launcher.send_signal(signum)
+        _, stderr = launcher.communicate(timeout=60)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
     assert launcher.returncode == 128 + signum
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and signal.Signals(signum).name in errors[0], stderr[-2000:]
@@ -203,34 +213,22 @@ def _assert_stopped_by(launcher, stderr, signum, pids):
 @pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGINT])
 def test_sighup_and_sigint_to_the_launcher_stop_every_worker(tmp_path, signum):
     # Sent while the workers start: the same handler as SIGTERM's (tested through a resume below).
-    launcher, pids = _start_launcher([*TINY, "--workers", "2", "--out", str(tmp_path / "out")])
-    try:
-        time.sleep(1.0)
-        launcher.send_signal(signum)
-        _, stderr = launcher.communicate(timeout=60)
-    finally:
-        if launcher.poll() is None:
-            launcher.kill()
-    _assert_stopped_by(launcher, stderr, signum, pids)
+    args = [*TINY, "--workers", "2", "--out", str(tmp_path / "out")]
+    _signal_launcher(args, signum, ready=lambda launcher: time.sleep(1.0))
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM])
 def test_a_signal_to_the_launcher_stops_every_worker_and_a_rerun_resumes(tmp_path, signum):
     out = tmp_path / "out"
     args = [*TINY, "--epochs", "6", "--workers", "2", "--out", str(out)]
-    launcher, pids = _start_launcher(args)
-    try:
-        # Stop it once both workers have checkpointed epoch 1 (they train on, into `out`).
+
+    def both_checkpointed_epoch_1(launcher):  # they train on, into `out`
         deadline = time.monotonic() + TIMEOUT
         while len(list(out.glob("checkpoints/worker-*/ckpt-1.index"))) < 2:
             assert time.monotonic() < deadline and launcher.poll() is None, launcher.stderr.read()
             time.sleep(0.2)
-        launcher.send_signal(signum)
-        _, stderr = launcher.communicate(timeout=60)
-    finally:
-        if launcher.poll() is None:
-            launcher.kill()
-    _assert_stopped_by(launcher, stderr, signum, pids)
+
+    _signal_launcher(args, signum, ready=both_checkpointed_epoch_1)
     before = _snapshot(out)
     time.sleep(2.0)
     assert _snapshot(out) == before  # nothing more is written
