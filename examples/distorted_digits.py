@@ -279,7 +279,7 @@ def build_st_cnn(input_size, transform="affine", hidden=64, output_size=(FRAME, 
     """
     return keras.Sequential(
         [
-            keras.Input((input_size, input_size, 1)),
+            keras.Input((input_size, input_size, 1), name="images"),
             stn_keras.SpatialTransformer(
                 output_size=output_size, transform=transform, name="spatial_transformer"
             ),
@@ -292,7 +292,8 @@ def build_st_cnn(input_size, transform="affine", hidden=64, output_size=(FRAME, 
 def build_cnn(input_size, hidden=64):
     """The plain CNN: the classifier trunk on the `(B, S, S, 1)` inputs (logits `(B, 10)`)."""
     return keras.Sequential(
-        [keras.Input((input_size, input_size, 1)), *_classifier_layers(hidden)], name="cnn"
+        [keras.Input((input_size, input_size, 1), name="images"), *_classifier_layers(hidden)],
+        name="cnn",
     )
 
 

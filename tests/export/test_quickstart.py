@@ -25,6 +25,8 @@ def test_quickstart_exports_every_format_and_exits_zero(tmp_path, capsys):
         "st_cnn_gridsample.onnx",
     ]
     proto = onnx.load(tmp_path / "st_cnn_gridsample.onnx")
+    # Serving signatures and graphs name the input after the model's: "images", not "input_layer".
+    assert [i.name for i in proto.graph.input] == ["images"]
     native = collections.Counter(n.op_type for n in proto.graph.node)
     # The default native graph of images: opset 19, "bilinear", which TensorRT reads right.
     assert native["GridSample"] == 1 and native["AffineGrid"] == 0
