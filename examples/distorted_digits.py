@@ -28,7 +28,7 @@ import tensorflow as tf
 
 import stn_keras
 from examples import arguments
-from examples.outputs import claim_output, write_atomically, write_text
+from examples.outputs import claim_for_command, claim_output, write_atomically, write_text
 from stn_keras.ops.tps import thin_plate_spline
 from stn_keras.ops.transforms import TRANSFORMS
 
@@ -526,23 +526,22 @@ def main(argv=None):
         help="write into a non-empty --out this example did not create",
     )
     args = parser.parse_args(argv)
-    try:
-        run(
-            distortions=args.distortions,
-            epochs=args.epochs,
-            train_copies=args.train_copies,
-            test_copies=args.test_copies,
-            transform=args.transform,
-            mnist_path=args.mnist,
-            max_train=args.max_train,
-            seed=args.seed,
-            out=args.out,
-            data=args.data,
-            force=args.force,
-        )
-    except ValueError as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr, flush=True)
+    # The one usage error found after parsing: an output directory this example may not use.
+    if claim_for_command(parser.prog, args.out, EXAMPLE, args.force) is None:
         return 2
+    run(
+        distortions=args.distortions,
+        epochs=args.epochs,
+        train_copies=args.train_copies,
+        test_copies=args.test_copies,
+        transform=args.transform,
+        mnist_path=args.mnist,
+        max_train=args.max_train,
+        seed=args.seed,
+        out=args.out,
+        data=args.data,
+        force=args.force,
+    )
     return 0
 
 

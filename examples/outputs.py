@@ -5,6 +5,7 @@ whole (staged beside it, then renamed), so that nothing of the user's is lost or
 
 import os
 import pathlib
+import sys
 
 MARKER = ".stn-keras-example"  # holds the name of the example that created the directory
 
@@ -40,6 +41,16 @@ def claim_output(out, example, force=False):
     if not ours:
         write_atomically(marker, lambda path: pathlib.Path(path).write_text(example + "\n"))
     return out
+
+
+def claim_for_command(prog, out, example, force=False):
+    """`claim_output` for a command line: the directory, or `None` once the refusal is printed as
+    one line (`PROG: error: ...`) for the caller to exit with status 2."""
+    try:
+        return claim_output(out, example, force)
+    except ValueError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr, flush=True)
+        return None
 
 
 def write_atomically(path, write):

@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 
 from examples import arguments  # noqa: E402
 from examples.distorted_digits import train_quick_st_cnn  # noqa: E402
-from examples.outputs import claim_output, write_atomically  # noqa: E402
+from examples.outputs import claim_for_command, write_atomically  # noqa: E402
 from stn_keras import export  # noqa: E402
 from stn_keras.export import litert, savedmodel  # noqa: E402
 from stn_keras.export import onnx as onnx_export  # noqa: E402
@@ -66,10 +66,8 @@ def main(argv=None):
         "--verbose", action="store_true", help="show TensorFlow's and the converters' own logs"
     )
     args = parser.parse_args(argv)
-    try:
-        out = claim_output(args.out, "quickstart", args.force)
-    except ValueError as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr, flush=True)
+    out = claim_for_command(parser.prog, args.out, "quickstart", args.force)
+    if out is None:
         return 2
     with quiet_third_party(args.verbose):
         return _run(args, out)

@@ -29,7 +29,7 @@ import tensorflow as tf
 
 import stn_keras
 from examples import arguments
-from examples.outputs import claim_output, write_atomically, write_text
+from examples.outputs import claim_for_command, claim_output, write_atomically, write_text
 
 EXAMPLE = "register"
 
@@ -347,20 +347,19 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
     pairs = args.pairs if args.pairs is not None else (400 if args.volume else 1000)
-    try:
-        run(
-            args.out,
-            args.volume,
-            pairs,
-            args.test_pairs,
-            args.epochs,
-            args.steps,
-            args.seed,
-            force=args.force,
-        )
-    except ValueError as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr, flush=True)
+    # The one usage error found after parsing: an output directory this example may not use.
+    if claim_for_command(parser.prog, args.out, EXAMPLE, args.force) is None:
         return 2
+    run(
+        args.out,
+        args.volume,
+        pairs,
+        args.test_pairs,
+        args.epochs,
+        args.steps,
+        args.seed,
+        force=args.force,
+    )
     return 0
 
 

@@ -292,8 +292,10 @@ class DistributedTrainer:
                 Defaults to `1`.
             verbose: `"auto"` or `1` (a progress bar on the chief), `2` (one line per epoch on
                 the chief), `0` (silent). Defaults to `"auto"`.
-            callbacks: Keras callbacks, called as `fit` calls them. `BackupAndRestore` only on
-                one worker (`checkpoint_dir` is the multi-worker equivalent). Defaults to none.
+            callbacks: Keras callbacks, called as `fit` calls them, on every worker: on several
+                workers, give a callback that writes a file (`ModelCheckpoint`, `CSVLogger`) a
+                path of each worker's own (`worker_task()`). `BackupAndRestore` only on one
+                worker (`checkpoint_dir` is the multi-worker equivalent). Defaults to none.
             validation_split: the fraction of the arrays, taken from their end before shuffling,
                 to validate on after each epoch. Defaults to `0.0`.
             validation_data: `(x_val, y_val)`, `(x_val, y_val, sample_weight_val)` or a dataset,

@@ -69,6 +69,17 @@ def _check_batch_size(batch_size, replicas, examples=None):
     return batch_size
 
 
+def _local_rows(order, steps, batch, context):
+    """The rows of `steps` global batches of `order` that this input pipeline's replicas read,
+    `(steps * local replicas, batch // replicas)`: consecutive elements of a pipeline's dataset
+    go to its replicas in turn, and replica `r` reads its consecutive slice of each batch."""
+    replicas = context.num_replicas_in_sync
+    local = replicas // context.num_input_pipelines  # replicas fed by this pipeline
+    first = context.input_pipeline_id * local
+    grid = order[: steps * batch].reshape(steps, replicas, batch // replicas)
+    return grid[:, first : first + local].reshape(steps * local, batch // replicas)
+
+
 class ArraySource:
     """Arrays (nests of them) cut into global batches of `batch_size`, one slice per replica.
 
@@ -130,17 +141,10 @@ class ArraySource:
         steps, batch = self.steps, self.batch_size
 
         def rows(context):
-            replicas = context.num_replicas_in_sync
-            local = replicas // context.num_input_pipelines  # replicas fed by this pipeline
-            first = context.input_pipeline_id * local
-            per_replica = batch // replicas
-            chunks = []
-            for order in orders:
-                grid = order[: steps * batch].reshape(steps, replicas, per_replica)
-                # Consecutive elements of a pipeline's dataset go to its replicas in turn.
-                mine = grid[:, first : first + local].reshape(steps * local, per_replica)
-                chunks.append(tf.data.Dataset.from_tensor_slices(mine))
-            return chunks
+            return [
+                tf.data.Dataset.from_tensor_slices(_local_rows(order, steps, batch, context))
+                for order in orders
+            ]
 
         iterator = iter(strategy.distribute_datasets_from_function(self._dataset(rows)))
         return ((next(iterator) for _ in range(steps)) for _ in epochs)
@@ -153,12 +157,7 @@ class ArraySource:
         order = np.arange(self.count)
 
         def full(context):
-            replicas = context.num_replicas_in_sync
-            local = replicas // context.num_input_pipelines
-            first = context.input_pipeline_id * local
-            grid = order[: steps * batch].reshape(steps, replicas, batch // replicas)
-            mine = grid[:, first : first + local].reshape(steps * local, batch // replicas)
-            return [tf.data.Dataset.from_tensor_slices(mine)]
+            return [tf.data.Dataset.from_tensor_slices(_local_rows(order, steps, batch, context))]
 
         def partial(context):
             replicas = context.num_replicas_in_sync
@@ -212,8 +211,9 @@ def _take(iterator, steps):
             return
 
 
-def _source(x, y, sample_weight, batch_size, replicas, steps_per_epoch=None, examples=True):
-    """An `ArraySource` or a `DatasetSource` of the user's arguments, checked."""
+def _source(x, y, sample_weight, batch_size, replicas, steps_per_epoch=None):
+    """An `ArraySource` or a `DatasetSource` of the user's arguments, checked (a batch larger
+    than the training examples is refused by `training_source`, once they are split)."""
     if isinstance(x, tf.data.Dataset):
         if y is not None or sample_weight is not None or batch_size is not None:
             raise ValueError(
@@ -228,8 +228,7 @@ def _source(x, y, sample_weight, batch_size, replicas, steps_per_epoch=None, exa
         raise ValueError("Argument `x` is required: arrays, a list or dict of them, or a dataset.")
     parts = _pack(*(None if p is None else as_arrays(p) for p in (x, y, sample_weight)))
     _check_lengths(zip(("x", "y", "sample_weight"), parts, strict=False))
-    count = length(parts[0]) if examples else None
-    return ArraySource(parts, _check_batch_size(batch_size, replicas, count))
+    return ArraySource(parts, _check_batch_size(batch_size, replicas))
 
 
 def training_source(x, y, sample_weight, batch_size, replicas, validation_split, steps_per_epoch):
@@ -244,7 +243,7 @@ def training_source(x, y, sample_weight, batch_size, replicas, validation_split,
             "Argument `steps_per_epoch` applies to a dataset; arrays make `N // batch_size` "
             f"steps. Received: steps_per_epoch={steps_per_epoch!r}"
         )
-    source = _source(x, y, sample_weight, batch_size, replicas, steps_per_epoch, examples=False)
+    source = _source(x, y, sample_weight, batch_size, replicas, steps_per_epoch)
     source.validation = None
     if validation_split:
         if isinstance(source, DatasetSource):
@@ -275,11 +274,12 @@ def validation_source(source, validation_data, batch_size, replicas):
             "Invalid value for argument `validation_data`. Expected `(x_val, y_val)`, "
             f"`(x_val, y_val, sample_weight_val)` or a dataset. Received: {type(validation_data)}"
         )
-    parts = _pack(*(as_arrays(p) for p in validation_data), *[None] * (3 - len(validation_data)))
+    given = (None if p is None else as_arrays(p) for p in validation_data)
+    parts = _pack(*given, *[None] * (3 - len(validation_data)))
     _check_lengths(zip(("x_val", "y_val", "sample_weight_val"), parts, strict=False))
     return ArraySource(parts, _check_batch_size(batch_size or default, replicas))
 
 
 def evaluation_source(x, y, sample_weight, batch_size, replicas):
     """`evaluate`'s data: every example once (no lower limit on the number of examples)."""
-    return _source(x, y, sample_weight, batch_size, replicas, examples=False)
+    return _source(x, y, sample_weight, batch_size, replicas)

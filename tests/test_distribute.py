@@ -361,3 +361,14 @@ def test_batch_logs_reach_callbacks_that_read_them():
     assert all(sorted(logs) == ["loss", "mae"] for _, logs in batches)
     # The last batch's running means are the epoch's.
     assert batches[-1][1] == epochs[0]
+
+
+def test_validation_data_may_name_no_weights():
+    x, y = _data()
+    history = DistributedTrainer(_linear_model()).fit(
+        x, y, batch_size=BATCH, epochs=1, validation_data=(x, y, None), verbose=0
+    )
+    # The trained model's loss on all 12 examples: float32 loss totals, a few ulps.
+    model = history.model
+    expected = np.mean((x @ _kernel(model) - y) ** 2)
+    np.testing.assert_allclose(history.history["val_loss"][0], expected, rtol=1e-6)

@@ -195,9 +195,10 @@ def native_summary(rewrites, kept):
 def openvino_runner(path, precision="f32"):
     """`(inputs: list of arrays) -> list of arrays` running the ONNX file `path` in OpenVINO on CPU.
 
-    OpenVINO's default precision on CPUs with AMX-BF16 or AVX512-BF16 is bfloat16 (errors of 0.4-0.6
-    measured on the ST-CNN's logits here); `precision="f32"` (`INFERENCE_PRECISION_HINT`) computes
-    in float32, as the artifact does elsewhere.
+    OpenVINO's default precision on CPUs with bfloat16 units (AMX, AVX512-BF16) is bfloat16 (0.18-0.25
+    from onnxruntime on the quick start's logits: `benchmarks/openvino_precision.py`);
+    `precision="f32"` (`INFERENCE_PRECISION_HINT`) computes in float32, as the artifact does
+    elsewhere.
 
     Returns:
         `(run, runtime name)`.

@@ -59,8 +59,7 @@ class ThinPlateSpline:
     """
 
     def __init__(self, control_points=4):
-        _check_control_points(control_points)
-        self.control_points = int(control_points)
+        self.control_points = _check_control_points(control_points)
         n = self.num_points
         axis = np.linspace(-1.0, 1.0, self.control_points)
         y, x = np.meshgrid(axis, axis, indexing="ij")  # KxK each
@@ -147,8 +146,7 @@ def thin_plate_spline(control_points):
     Raises:
         ValueError: if `control_points` is not an integer >= 2.
     """
-    _check_control_points(control_points)
-    return _cached_spline(int(control_points))
+    return _cached_spline(_check_control_points(control_points))
 
 
 @functools.lru_cache(maxsize=16)
