@@ -35,13 +35,6 @@ def _replace_policies(node, found):
     return node
 
 
-def half_precision_policies(model):
-    """The half-precision dtype policies `model`'s layers use (empty for a float32 model)."""
-    found = set()
-    _replace_policies(keras.saving.serialize_keras_object(model), found)
-    return sorted(found)
-
-
 def float32_twin(model):
     """`model` rebuilt with float32 compute everywhere, holding the same weights.
 
