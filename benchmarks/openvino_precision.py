@@ -13,7 +13,8 @@ import numpy as np
 import onnxruntime as ort
 import openvino
 
-from stn_keras.export.onnx import openvino_runner, session_of
+from stn_keras.export.runners import openvino as openvino_runner
+from stn_keras.export.runners import session_of
 
 
 def main(argv=None):
@@ -31,7 +32,7 @@ def main(argv=None):
     default = openvino.Core().get_property("CPU", "INFERENCE_PRECISION_HINT")
     print(f"onnxruntime {ort.__version__}; OpenVINO {openvino.__version__}, CPU default {default}")
     for precision in dict.fromkeys((default.to_string(), "f32")):  # e.g. "bf16", then "f32"
-        run, runtime = openvino_runner(args.model, precision)
+        run, runtime = openvino_runner(args.model, precision=precision)
         error = max(
             float(np.max(np.abs(a - b))) for a, b in zip(run(inputs), expected, strict=True)
         )

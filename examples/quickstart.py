@@ -29,22 +29,17 @@ from examples import arguments  # noqa: E402
 from examples.distorted_digits import train_quick_st_cnn  # noqa: E402
 from examples.outputs import claim_for_command, write_atomically  # noqa: E402
 from stn_keras import export  # noqa: E402
-from stn_keras.export import litert, savedmodel  # noqa: E402
-from stn_keras.export import onnx as onnx_export  # noqa: E402
+from stn_keras.export import runners, savedmodel  # noqa: E402
 from stn_keras.export.validation import input_specs  # noqa: E402
 from stn_keras.quiet import quiet_third_party  # noqa: E402
 
-
-def _runners(out, specs, output_names):
-    """`{name: (path, runner)}`: each artifact as `(inputs: list of arrays) -> list of outputs`."""
-    return {
-        "savedmodel": savedmodel.savedmodel_runner(str(out / "savedmodel"), specs, output_names),
-        "onnx": onnx_export.onnx_runner(onnx_export.session_of(str(out / "st_cnn.onnx"))),
-        "onnx-native": onnx_export.onnx_runner(
-            onnx_export.session_of(str(out / "st_cnn_gridsample.onnx"))
-        ),
-        "litert": litert.litert_runner(str(out / "st_cnn.tflite"), specs, output_names)[0],
-    }
+# The quick start's artifacts: (name, file in --out, format, the runtime it is checked in).
+ARTIFACTS = (
+    ("savedmodel", "savedmodel", "savedmodel", "tf.saved_model"),
+    ("onnx", "st_cnn.onnx", "onnx", "onnxruntime"),
+    ("onnx-native", "st_cnn_gridsample.onnx", "onnx-native", "onnxruntime"),
+    ("litert", "st_cnn.tflite", "litert", "litert"),
+)
 
 
 def main(argv=None):
@@ -87,12 +82,7 @@ def _run(args, out):
     # Export what was saved, as `stn-keras-export` would: the reloaded `.keras` file.
     model = export.load_model(out / "st_cnn.keras")
     reports = [
-        export.export_savedmodel(model, out / "savedmodel", force=True),
-        export.export_onnx(model, out / "st_cnn.onnx", force=True),
-        export.export_onnx(
-            model, out / "st_cnn_gridsample.onnx", native_gridsample=True, force=True
-        ),
-        export.export_litert(model, out / "st_cnn.tflite", force=True),
+        export.export(model, out / file, format, force=True) for _, file, format, _ in ARTIFACTS
     ]
     print("\nparity with Keras (random inputs, batch sizes 1 and 5):")
     for report in reports:
@@ -100,8 +90,9 @@ def _run(args, out):
 
     print("\nagreement with Keras on the held-out digits (predicted class):")
     failed = not all(r.passed for r in reports)
-    runners = _runners(out, input_specs(model), savedmodel.signature_output_names(model))
-    for name, run in runners.items():
+    specs, names = input_specs(model), savedmodel.signature_output_names(model)
+    for name, file, _, runtime in ARTIFACTS:
+        run, _ = runners.RUNNERS[runtime](out / file, specs, names)
         predictions = np.argmax(run([x_test])[0], axis=-1)
         agreement = float(np.mean(predictions == keras_predictions))
         failed |= agreement < 0.99

@@ -11,48 +11,28 @@ which TFLite would abort.
 import os
 import re
 import tempfile
-import warnings
 
+import keras
 import tensorflow as tf
 
-from stn_keras.export import artifacts, precision, validation
-from stn_keras.export.savedmodel import (
-    SERVING_SIGNATURE,
-    signature_output_names,
-    signature_runner,
-)
+from stn_keras.export import gpu_rules, pipeline, precision, runners, validation
+from stn_keras.export.savedmodel import signature_output_names
+from stn_keras.ops import portable
+
+SERVING_SIGNATURE = runners.SERVING_SIGNATURE
 
 
-def interpreter(path):
-    """A LiteRT interpreter for `path`: `ai_edge_litert`'s when installed, else `tf.lite`'s.
+def _static_batch_signature(model, batch_size):
+    """The model's input signature with its batch axis fixed to `batch_size` (Keras's own structure)."""
+    from keras.src.export.export_utils import get_input_signature
 
-    Returns:
-        `(interpreter, runtime name)`.
-    """
-    try:
-        from ai_edge_litert.interpreter import Interpreter
+    def fixed(spec):
+        return tf.TensorSpec((batch_size, *spec.shape[1:]), spec.dtype, name=spec.name)
 
-        return Interpreter(model_path=path), "ai_edge_litert"
-    except ImportError:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
-            return tf.lite.Interpreter(model_path=path), f"tf.lite {tf.__version__}"
+    return keras.tree.map_structure(fixed, get_input_signature(model))
 
 
-def litert_runner(path, specs, output_names):
-    """`(inputs: list of arrays) -> outputs in the model's order` running `path` in LiteRT.
-
-    The signature runner resizes the inputs to each call's batch size before running.
-
-    Returns:
-        `(run, runtime name)`.
-    """
-    runtime, name = interpreter(path)
-    runner = runtime.get_signature_runner(SERVING_SIGNATURE)
-    return signature_runner(runner, specs, output_names), name
-
-
-def _convert(model, staging):
+def _convert(model, staging, batch_size=None):
     """Write the builtin-ops-only flatbuffer of `model` to `staging`.
 
     Through Keras's own SavedModel export and `tf.lite.TFLiteConverter.from_saved_model`, which every
@@ -61,7 +41,11 @@ def _convert(model, staging):
     """
     with tempfile.TemporaryDirectory(prefix="stn_keras_litert_") as scratch:
         savedmodel = os.path.join(scratch, "savedmodel")
-        model.export(savedmodel, format="tf_saved_model", verbose=False)
+        signature = None if batch_size is None else _static_batch_signature(model, batch_size)
+        with portable.export_kernel():  # the samplers in ops the LiteRT builtins (and GPU) have
+            model.export(
+                savedmodel, format="tf_saved_model", verbose=False, input_signature=signature
+            )
         converter = tf.lite.TFLiteConverter.from_saved_model(
             savedmodel, signature_keys=[SERVING_SIGNATURE]
         )
@@ -79,6 +63,39 @@ def _convert(model, staging):
             ) from None
     with open(staging, "wb") as f:
         f.write(flatbuffer)
+
+
+def _write(model, staging, target):
+    """Convert to `staging`; for the GPU delegate, refuse (nothing written) an op it rejects."""
+    _convert(model, staging, target.static_batch)
+    if target.gpu_delegate:
+        rejected = gpu_rules.rejected_ops(staging)
+        if rejected:
+            raise ValueError(
+                f"LiteRT's GPU delegate would reject {len(rejected)} op(s), leaving them to the CPU: "
+                + "; ".join(rejected)
+                + ". Nothing was written."
+            )
+
+
+def prepare(model, specs, target):
+    """The `pipeline.Plan` of a LiteRT flatbuffer (builtin ops only), run by the LiteRT interpreter.
+
+    A model that computes in half precision is converted and validated as its float32 twin
+    (`stn_keras.export.precision`), and the report says so.
+    """
+    names = signature_output_names(model)
+    twin, policies = precision.float32_twin(model)
+    notes = [f"float32 twin of a {'/'.join(policies)} model"] if policies else []
+    if target.caveat:
+        notes.append(target.caveat)
+    return pipeline.Plan(
+        write=lambda staging: _write(twin, staging, target),
+        runner=lambda staging: runners.litert(staging, specs, names),
+        model=twin,
+        notes=notes,
+        batch_sizes=(target.static_batch,) if target.static_batch else None,
+    )
 
 
 def export_litert(
@@ -118,23 +135,10 @@ def export_litert(
             LiteRT builtin (with the converter's whole message).
         ValidationError: if the interpreter's results do not match the model; nothing is written then.
     """
-    if not str(path).endswith(".tflite"):
-        raise ValueError(f"Argument `path` must end with '.tflite'. Received: path={str(path)!r}")
-    specs = validation.input_specs(model, dynamic_sizes=False, format="LiteRT")
-    names = signature_output_names(model)
-    model, policies = precision.float32_twin(model)
-    note = f", float32 twin of a {'/'.join(policies)} model" if policies else ""
-
-    def runner(staging):
-        run, runtime = litert_runner(staging, specs, names)
-        return run, runtime + note
-
-    return artifacts.export_validated(
+    return pipeline.export(
         model,
         path,
-        format="litert",
-        write=lambda staging: _convert(model, staging),
-        runner=runner,
+        "litert",
         force=force,
         validate=validate,
         batch_sizes=batch_sizes,

@@ -22,13 +22,12 @@ before it is moved into place.
 import warnings
 
 import keras
-import numpy as np
 import onnx
-import onnxruntime as ort
 import tensorflow as tf
 from onnx import version_converter
 
-from stn_keras.export import artifacts, files, onnx_gridsample, validation
+from stn_keras.export import onnx_gridsample, pipeline, registry, runners, validation
+from stn_keras.ops import portable
 from stn_keras.ops.validation import is_int
 
 TF2ONNX_MAX_OPSET = 18  # the newest opset tf2onnx 1.17 emits
@@ -68,7 +67,9 @@ def _frozen_call(model):
         outputs = model(list(inputs) if len(inputs) > 1 else inputs[0], training=False)
         return keras.tree.flatten(outputs)  # the order every artifact returns them in
 
-    return convert_variables_to_constants_v2(call.get_concrete_function(*signature)), specs
+    with portable.export_kernel():  # the samplers in ops every runtime has
+        concrete = call.get_concrete_function(*signature)
+    return convert_variables_to_constants_v2(concrete), specs
 
 
 def default_opset(samplers, native_gridsample):
@@ -95,7 +96,18 @@ def tensorrt_caveat(proto):
     return None
 
 
-def convert(model, opset=None, native_gridsample=False, kept=None):
+def _check_volumes(samplers, target):
+    """Raise when a volume sampler would be a GridSample that `target` cannot run."""
+    volumes = [s.scope for s in samplers if s.spatial_dims == 3]
+    if volumes and not target.volume_grid_sample:
+        raise ValueError(
+            f"Target {target.name!r} has no 5-D (volume) GridSample, which {len(volumes)} "
+            f"sampler(s) would need ({volumes[0]!r}...): export them with format 'onnx' (the "
+            "gather path), which it runs."
+        )
+
+
+def convert(model, opset=None, native_gridsample=False, kept=None, target=None):
     """Convert `model` to an `onnx.ModelProto` (not validated; see `export_onnx`).
 
     Args:
@@ -106,6 +118,8 @@ def convert(model, opset=None, native_gridsample=False, kept=None):
             the grid is affine and the opset has it). Defaults to `False`.
         kept: a list to which each sampler that stays on the gather path appends
             `(scope, short reason, long reason)`, or `None`. Defaults to `None`.
+        target: the `registry.Target` (`None`: onnxruntime); with `native_gridsample`, one
+            without a volume GridSample refuses a volume sampler. Defaults to `None`.
 
     Returns:
         `(model_proto, rewrites)`: the ONNX model, inputs named after the Keras inputs and outputs
@@ -115,7 +129,7 @@ def convert(model, opset=None, native_gridsample=False, kept=None):
 
     Raises:
         ValueError: for an invalid `opset`, a model with unknown inputs, or, with `native_gridsample`,
-            a model without a sampler.
+            a model without a sampler or a volume sampler `target` cannot run natively.
     """
     import tf2onnx
 
@@ -143,6 +157,7 @@ def convert(model, opset=None, native_gridsample=False, kept=None):
             raise ValueError(
                 f"Model {model.name!r} has no `stn_keras.grid_sample` to replace by GridSample."
             )
+        _check_volumes(samplers, target or registry.TARGETS["onnxruntime"])
     if opset is None:
         opset = default_opset(samplers, native_gridsample)
     # Each affine sampler's theta stays a graph output through the conversion, so its name survives.
@@ -174,9 +189,6 @@ def convert(model, opset=None, native_gridsample=False, kept=None):
     return proto, rewrites
 
 
-session_of = onnx_gridsample.session_of
-
-
 def native_summary(rewrites, kept):
     """The report's account of the native path: "2 samplers: 1 GridSample (1 with AffineGrid),
     1 on the gather path (float16 images)"."""
@@ -192,41 +204,53 @@ def native_summary(rewrites, kept):
     return line
 
 
-def openvino_runner(path, precision="f32"):
-    """`(inputs: list of arrays) -> list of arrays` running the ONNX file `path` in OpenVINO on CPU.
+def check_target_opset(target, opset, native_gridsample):
+    """Raise unless `target` reads the native GridSample of `opset` right."""
+    if native_gridsample and target.max_opset is not None and opset > target.max_opset:
+        raise ValueError(
+            f"Target {target.name!r} reads GridSample right up to opset {target.max_opset} "
+            f"({TENSORRT_CAVEAT if target.name == 'tensorrt' else 'newer modes are unknown to it'}). "
+            f"Received: opset={opset}"
+        )
 
-    OpenVINO's default precision on CPUs with bfloat16 units (AMX, AVX512-BF16) is bfloat16 (0.18-0.25
-    from onnxruntime on the quick start's logits: `benchmarks/openvino_precision.py`);
-    `precision="f32"` (`INFERENCE_PRECISION_HINT`) computes in float32, as the artifact does
-    elsewhere.
 
-    Returns:
-        `(run, runtime name)`.
-    """
-    import openvino
-
-    core = openvino.Core()
-    compiled = core.compile_model(
-        core.read_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": precision}
+def _prepare(model, target, native_gridsample, opset=None, require_native=False):
+    """The `pipeline.Plan` of an ONNX export for `target` (see `prepare_gather`, `prepare_native`)."""
+    if opset is not None:
+        opset = check_opset(opset, native_gridsample)
+        check_target_opset(target, opset, native_gridsample)
+    kept = []
+    proto, rewrites = convert(
+        model, opset=opset, native_gridsample=native_gridsample, kept=kept, target=target
     )
-    outputs = sorted(compiled.outputs, key=lambda o: int(o.get_any_name().rsplit("_", 1)[-1]))
+    if require_native and kept:
+        raise ValueError(
+            f"{len(kept)} sampler(s) cannot be a native GridSample: "
+            + "; ".join(f"{scope!r} ({short})" for scope, short, _ in kept)
+            + ". Nothing was written (without --require-native they stay on the gather path)."
+        )
+    notes = [f"opset {model_opset(proto)}"]
+    if native_gridsample:
+        notes.append(native_summary(rewrites, kept))
+        notes.append(tensorrt_caveat(proto))
+    notes.append(target.caveat)
+    runner = runners.RUNNERS[target.runtime]
+    return pipeline.Plan(
+        write=lambda staging: onnx.save(proto, staging),
+        runner=runner,
+        notes=[n for n in notes if n],
+        gather_path=[(scope, short) for scope, short, _ in kept],
+    )
 
-    def run(inputs):
-        results = compiled([np.asarray(x) for x in inputs])
-        return [results[o] for o in outputs]
 
-    return run, f"OpenVINO {openvino.__version__.split('-')[0]} CPU, {precision}"
+def prepare_gather(model, specs, target, opset=None):
+    """The `pipeline.Plan` of format `"onnx"`: every sampler as its gather decomposition."""
+    return _prepare(model, target, False, opset)
 
 
-def onnx_runner(session):
-    """`(inputs: list of arrays) -> list of arrays` running an onnxruntime session."""
-    names = [i.name for i in session.get_inputs()]
-    outputs = sorted((o.name for o in session.get_outputs()), key=lambda n: int(n.split("_")[-1]))
-
-    def run(inputs):
-        return session.run(outputs, dict(zip(names, (np.asarray(x) for x in inputs), strict=True)))
-
-    return run
+def prepare_native(model, specs, target, opset=None, require_native=False):
+    """The `pipeline.Plan` of format `"onnx-native"`: each sampler as GridSample where it can be."""
+    return _prepare(model, target, True, opset, require_native)
 
 
 def export_onnx(
@@ -275,35 +299,17 @@ def export_onnx(
             GridSample cannot run.
         ValidationError: if onnxruntime's results do not match the model; nothing is written then.
     """
-    if opset is not None:
-        opset = check_opset(opset, native_gridsample)
-    files.check_target(path, force)  # before converting: a refused path costs nothing
     if require_native and not native_gridsample:
         raise ValueError("`require_native=True` (--require-native) needs `native_gridsample=True`.")
-    kept = []
-    proto, rewrites = convert(model, opset=opset, native_gridsample=native_gridsample, kept=kept)
-    if require_native and kept:
-        raise ValueError(
-            f"{len(kept)} sampler(s) cannot be a native GridSample: "
-            + "; ".join(f"{scope!r} ({short})" for scope, short, _ in kept)
-            + ". Nothing was written (without --require-native they stay on the gather path)."
-        )
-    runtime = f"onnxruntime {ort.__version__}, opset {model_opset(proto)}"
-    if native_gridsample:
-        runtime += ", " + native_summary(rewrites, kept)
-        caveat = tensorrt_caveat(proto)
-        runtime += f"; {caveat}" if caveat else ""
-    report = artifacts.export_validated(
+    options = {"require_native": True} if require_native else {}
+    return pipeline.export(
         model,
         path,
-        format="onnx-native" if native_gridsample else "onnx",
-        write=lambda staging: onnx.save(proto, staging),
-        runner=lambda staging: (onnx_runner(session_of(staging)), runtime),
+        "onnx-native" if native_gridsample else "onnx",
+        opset=opset,
         force=force,
         validate=validate,
         batch_sizes=batch_sizes,
         atol=atol,
+        **options,
     )
-    if report is not None:
-        report.gather_path = [(scope, short) for scope, short, _ in kept]
-    return report

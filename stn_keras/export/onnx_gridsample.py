@@ -27,7 +27,6 @@ import warnings
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from stn_keras.ops import recording
@@ -139,16 +138,6 @@ def find_samplers(graph):
             )
         )
     return samplers
-
-
-def session_of(model_or_path):
-    """An onnxruntime CPU session of an ONNX model (a `ModelProto` or a path)."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    source = model_or_path
-    if isinstance(model_or_path, onnx.ModelProto):
-        source = model_or_path.SerializeToString()
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def _graph_inputs_of(node):

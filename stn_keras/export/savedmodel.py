@@ -1,11 +1,8 @@
 """Export to a TensorFlow SavedModel (TF Serving, `tf.saved_model.load`), validated after reloading."""
 
 import keras
-import tensorflow as tf
 
-from stn_keras.export import artifacts, validation
-
-SERVING_SIGNATURE = "serving_default"
+from stn_keras.export import pipeline, runners, validation
 
 
 def signature_output_names(model):
@@ -24,39 +21,12 @@ def signature_output_names(model):
     return [f"output_{i}" for i in range(len(keras.tree.flatten(structure)))]
 
 
-def signature_runner(fn, specs, output_names, keep_alive=None):
-    """Wrap a signature function as `(inputs: list of arrays) -> outputs in the model's order`.
-
-    Args:
-        fn: a callable taking the inputs as keyword arguments and returning a dict of outputs.
-        specs: the model's `validation.input_specs`.
-        output_names: the signature's output names in the model's flattened output order (see
-            `signature_output_names`); outputs are paired by these names, never by position.
-        keep_alive: an object to keep referenced while the runner lives (the loaded SavedModel).
-
-    Raises:
-        ValueError: (when run) if the signature's outputs are not named `output_names`.
-    """
-    names = [name for name, _, _ in specs]
-
-    def run(inputs):
-        outputs = fn(**dict(zip(names, inputs, strict=True)))
-        if set(outputs) != set(output_names):
-            raise ValueError(
-                f"The artifact's outputs are named {sorted(outputs)}; the model's are "
-                f"{sorted(output_names)}."
-            )
-        return [getattr(outputs[k], "numpy", lambda k=k: outputs[k])() for k in output_names]
-
-    run.keep_alive = keep_alive
-    return run
-
-
-def savedmodel_runner(path, specs, output_names):
-    """`(inputs: list of arrays) -> outputs in the model's order` running the SavedModel in `path`."""
-    loaded = tf.saved_model.load(path)
-    return signature_runner(
-        loaded.signatures[SERVING_SIGNATURE], specs, output_names, keep_alive=loaded
+def prepare(model, specs, target):
+    """The `pipeline.Plan` of a SavedModel: Keras 3's exporter, run by `tf.saved_model.load`."""
+    names = signature_output_names(model)
+    return pipeline.Plan(
+        write=lambda staging: model.export(staging, format="tf_saved_model", verbose=False),
+        runner=lambda staging: runners.savedmodel(staging, specs, names),
     )
 
 
@@ -94,18 +64,10 @@ def export_savedmodel(
         PermissionError: if the directory that should hold `path` is not writable.
         ValidationError: if the reloaded model does not match; nothing is written then.
     """
-    specs = validation.input_specs(model)
-    names = signature_output_names(model)
-    return artifacts.export_validated(
+    return pipeline.export(
         model,
         path,
-        format="savedmodel",
-        kind="savedmodel",
-        write=lambda staging: model.export(staging, format="tf_saved_model", verbose=False),
-        runner=lambda staging: (
-            savedmodel_runner(staging, specs, names),
-            f"tf.saved_model {tf.__version__}",
-        ),
+        "savedmodel",
         force=force,
         validate=validate,
         batch_sizes=batch_sizes,

@@ -41,6 +41,7 @@ class ParityReport:
             sizes are static).
         gather_path: for a native ONNX export, `(scope, reason)` of each sampler that stayed on
             the gather path (empty otherwise).
+        target: the runtime the artifact was exported for (`stn_keras.export.registry.TARGETS`).
     """
 
     format: str
@@ -50,6 +51,7 @@ class ParityReport:
     runtime: str = ""
     spatial_sizes: tuple = ()
     gather_path: list = dataclasses.field(default_factory=list)
+    target: str = ""
 
     @property
     def max_abs_error(self):
@@ -71,7 +73,7 @@ class ParityReport:
         verdict = "PASS" if self.passed else "FAIL"
         return (
             f"{self.format:<11} max abs error {errors} (tolerance {self.tolerance:.1e}) {verdict}"
-            f"  [{self.runtime}] {self.path}"
+            f"  [{f'for {self.target}; ' if self.target else ''}{self.runtime}] {self.path}"
         )
 
     def __str__(self):

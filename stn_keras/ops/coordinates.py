@@ -20,6 +20,10 @@ import tensorflow as tf
 
 PADDING_MODES = ("zeros", "border", "reflection")
 
+# Normalised coordinates beyond this magnitude are far outside any image; clamping them first keeps the
+# pixel arithmetic finite (no overflow to inf) for values such as 1e30 or -3e38.
+COORD_LIMIT = 1e6
+
 
 def compute_dtype(*dtypes):
     """The floating dtype coordinate arithmetic runs in: at least float32, float64 if any input is.
@@ -113,8 +117,9 @@ def _reflect(coord, twice_low, twice_high):
     sign = tf.where(shifted < 0.0, -tf.ones_like(coord), tf.ones_like(coord))
     direction = tf.where(even, sign, -sign)
     degenerate = span <= 0.0
-    zeros = tf.zeros_like(coord)
-    return tf.where(degenerate, zeros, reflected), tf.where(degenerate, zeros, direction)
+    # A scalar 0, not `zeros_like`: exported graphs then need no ZerosLike (LiteRT's GPU delegate).
+    zero = tf.constant(0.0, coord.dtype)
+    return tf.where(degenerate, zero, reflected), tf.where(degenerate, zero, direction)
 
 
 def _clip(coord, n):

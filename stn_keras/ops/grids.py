@@ -8,7 +8,7 @@ The grid convention (last axis `(x, y)`, normalised to [-1, 1], `align_corners`)
 
 import tensorflow as tf
 
-from stn_keras.ops import coordinates, recording
+from stn_keras.ops import coordinates, portable, recording
 from stn_keras.ops.validation import SIZE_LAYOUTS, check_bool, check_size
 
 # The projective division x' / w is guarded by keeping |w| >= this, with w's sign (w == 0 counts
@@ -138,6 +138,12 @@ def map_output_positions(matrices, size, align_corners):
     positions = output_positions(size, align_corners, dtype, dims=(spatial,))  # size x (N+1)
     # Each axis's normalised positions, in array order ((D,) H, W): the last is x.
     axes = [coordinates.linspace_normalized(n, align_corners, dtype) for n in size]
+    # An export traces a matmul: the sum's ReduceSum is what onnxruntime-web's WebGPU backend gets
+    # wrong after another model ran in the page.
+    if portable.active():
+        joints = matrices.shape[1]
+        flat = tf.reshape(positions, [-1, spatial + 1])  # (prod size) x (N+1)
+        return tf.reshape(tf.matmul(flat, matrices, transpose_b=True), [-1, *size, joints])
     width = size[-1]
     expand = (None,) * spatial  # the output's spatial axes, for broadcasting
 

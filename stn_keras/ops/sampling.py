@@ -27,14 +27,10 @@ import operator
 
 import tensorflow as tf
 
-from stn_keras.ops import coordinates, recording
+from stn_keras.ops import coordinates, portable, recording
 from stn_keras.ops.validation import check_bool, check_choice, check_rank, check_same_batch
 
 INTERPOLATIONS = ("bilinear", "nearest", "bicubic")
-
-# Normalised coordinates beyond this magnitude are far outside any image; clamping them first keeps the
-# pixel arithmetic finite (no overflow to inf) for values such as 1e30 or -3e38.
-_COORD_LIMIT = 1e6
 
 # PyTorch's cubic convolution coefficient (Keys, with A = -0.75, as OpenCV).
 _CUBIC_A = -0.75
@@ -126,7 +122,7 @@ def _axis_taps(pixel, size, kernel, pad_taps, padding_mode, align_corners):
 
 @tf.custom_gradient
 def _sanitize(grid, finite):
-    """`grid` with non-finite points set to 0 and the rest clamped to +-`_COORD_LIMIT`.
+    """`grid` with non-finite points set to 0 and the rest clamped to +-`coordinates.COORD_LIMIT`.
 
     The gradient is passed through unchanged: the sampler zeros the coordinate slopes of every point
     this function changed (see `_interpolate`'s `movable`), so the result is still exact. Autodiff's
@@ -140,7 +136,7 @@ def _sanitize(grid, finite):
     Returns:
         `(B, H_out, W_out, 2)`.
     """
-    clipped = tf.clip_by_value(grid, -_COORD_LIMIT, _COORD_LIMIT)
+    clipped = tf.clip_by_value(grid, -coordinates.COORD_LIMIT, coordinates.COORD_LIMIT)
     sanitized = tf.where(finite[..., None], clipped, tf.zeros_like(grid))
     return sanitized, lambda upstream: (upstream, None)
 
@@ -327,11 +323,14 @@ def _grid_sample(images, grid, interpolation, padding_mode, align_corners):
 
     dtype = coordinates.compute_dtype(images.dtype, grid.dtype)
     grid = tf.cast(grid, dtype)
+    if portable.active():  # an export traces the model: the same numbers in portable ops
+        out = portable.sample(images, grid, interpolation, padding_mode, align_corners, _KERNELS)
+        return recording.mark(tf.cast(out, images.dtype), "output")
 
     # A non-finite point reads as outside the image; finite ones are clamped so pixel maths stays finite.
     finite = tf.reduce_all(tf.math.is_finite(grid), axis=-1)  # B x out
     # Coordinates the clamp leaves alone (False for NaN): the only ones with a nonzero slope.
-    movable = finite[..., None] & (tf.abs(grid) <= _COORD_LIMIT)  # B x out x N
+    movable = finite[..., None] & (tf.abs(grid) <= coordinates.COORD_LIMIT)  # B x out x N
     grid = _sanitize(grid, finite)
     # All axes at once, elementwise against the sizes in the grid's order (x, y[, z]): slicing the
     # grid per axis here would make its gradient a padded concatenation, which XLA compiles to

@@ -1,14 +1,19 @@
-"""Run an op the ways users run it: eagerly, traced by `tf.function`, and compiled by XLA."""
+"""Run an op the ways users run it: eagerly, traced by `tf.function`, compiled by XLA, and traced as an
+exporter traces it (`stn_keras.ops.portable`)."""
 
+import contextlib
 import functools
 
 import tensorflow as tf
 
-EXECUTION_MODES = ("eager", "graph", "xla")
+from stn_keras.ops import portable
+
+EXECUTION_MODES = ("eager", "graph", "xla", "export")
 
 
 def run_op(fn, *tensors, mode="eager", **options):
-    """Call `fn(*tensors, **options)` eagerly, inside `tf.function`, or under `jit_compile=True`.
+    """Call `fn(*tensors, **options)` eagerly, inside `tf.function`, under `jit_compile=True`, or
+    inside `tf.function` traced under `portable.export_kernel()` (`"export"`).
 
     The tensors are traced with fully unknown shapes (`tf.TensorSpec` of unknown dimensions), so graph and
     XLA runs also check that `fn` does not depend on static batch or spatial sizes.
@@ -34,4 +39,5 @@ def run_op(fn, *tensors, mode="eager", **options):
     traced = tf.function(
         functools.partial(fn, **options), input_signature=signature, jit_compile=mode == "xla"
     )
-    return traced(*tensors)
+    with portable.export_kernel() if mode == "export" else contextlib.nullcontext():
+        return traced(*tensors)

@@ -67,15 +67,14 @@ def test_cli_refuses_to_overwrite_without_force(model_file, tmp_path, capsys):
 def test_cli_failed_validation_exits_nonzero_and_writes_nothing(
     model_file, tmp_path, capsys, monkeypatch
 ):
-    from stn_keras.export import onnx as onnx_export
+    from stn_keras.export import runners
 
-    runner = onnx_export.onnx_runner
+    def off_by_one(path, specs=None, names=None):
+        run, runtime = runners.onnxruntime(path)
+        return (lambda inputs: [o + 1.0 for o in run(inputs)]), runtime
+
     # An artifact whose every output is off by one: validation must refuse it.
-    monkeypatch.setattr(
-        onnx_export,
-        "onnx_runner",
-        lambda session: lambda inputs: [o + 1.0 for o in runner(session)(inputs)],
-    )
+    monkeypatch.setitem(runners.RUNNERS, "onnxruntime", off_by_one)
     status, _, err = _cli(capsys, "onnx", model_file, tmp_path / "m.onnx")
     _assert_one_line_error(status, err, "Validation failed")
     assert list(tmp_path.iterdir()) == []

@@ -100,11 +100,11 @@ def test_mixed_precision_model_exports_to_litert_as_its_float32_twin(tmp_path):
     assert report.passed and "float32 twin of a mixed_float16 model" in report.runtime
     # The twin is the same model: the artifact agrees with the float16 model to float16's
     # precision (11 bits: relative 2**-11 per rounding, a few dozen roundings deep).
-    from stn_keras.export.litert import litert_runner
+    from stn_keras.export import runners
     from stn_keras.export.savedmodel import signature_output_names
     from stn_keras.export.validation import input_specs
 
-    run, _ = litert_runner(
+    run, _ = runners.litert(
         str(tmp_path / "m.tflite"), input_specs(model), signature_output_names(model)
     )
     x = np.random.default_rng(0).random((5, 12, 12, 1)).astype("float32")

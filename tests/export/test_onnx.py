@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-from stn_keras.export import ValidationError, export_onnx
+from stn_keras.export import ValidationError, export_onnx, runners
 from stn_keras.export import onnx as onnx_export
 from stn_keras.export.validation import keras_outputs, sample_inputs
 from tests.export.models import ALL_MODES, sampler_model
@@ -47,7 +47,7 @@ def native_path(model, tmp_path_factory):
 
 
 def _run(path, inputs):
-    return onnx_export.onnx_runner(onnx_export.session_of(str(path)))(inputs)
+    return runners.onnxruntime(path)[0](inputs)
 
 
 def test_export_returns_passing_report_at_batch_1_and_5(gather_path, native_path):

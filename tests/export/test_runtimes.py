@@ -10,7 +10,7 @@ import pytest
 import stn_keras
 from examples import distorted_digits, register
 from stn_keras.export import export_onnx
-from stn_keras.export.onnx import openvino_runner
+from stn_keras.export.runners import openvino as openvino_runner
 from stn_keras.export.validation import check_parity, input_specs
 from tests.export import node_runtime
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from stn_keras.export import export_litert, export_savedmodel
-from stn_keras.export.litert import interpreter
+from stn_keras.export.runners import litert_interpreter as interpreter
 from stn_keras.export.validation import keras_outputs, sample_inputs
 from stn_keras.testing.export import run_export_test
 from tests.export.models import ALL_MODES, sampler_model

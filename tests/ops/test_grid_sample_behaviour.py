@@ -182,7 +182,7 @@ BAD_THETAS = {
 }
 
 
-@pytest.mark.parametrize("mode", ["eager", "xla"])
+@pytest.mark.parametrize("mode", ["eager", "xla", "export"])
 @pytest.mark.parametrize("padding_mode", PADDING_MODES)
 @pytest.mark.parametrize("interpolation", INTERPOLATIONS)
 def test_bad_theta_never_raises_nor_touches_other_samples(interpolation, padding_mode, mode):
@@ -217,7 +217,7 @@ def test_non_finite_grid_points_only_zero_themselves():
 
 # The forward pass masks taps one way up to `_ZERO_ROW_CHANNELS` channels and another beyond.
 @pytest.mark.parametrize("channels", [1, 3, 12])
-@pytest.mark.parametrize("mode", ["eager", "xla"])
+@pytest.mark.parametrize("mode", ["eager", "xla", "export"])
 @pytest.mark.parametrize("padding_mode", PADDING_MODES)
 @pytest.mark.parametrize("interpolation", INTERPOLATIONS)
 def test_non_finite_pixels_spread_exactly_as_in_the_oracle(

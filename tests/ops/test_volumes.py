@@ -50,7 +50,7 @@ def _warp(images, theta, **options):
 # ---- against onnxruntime's 5-D GridSample and AffineGrid (PyTorch semantics) -----------------------
 
 
-@pytest.mark.parametrize("mode", ["eager", "xla"])
+@pytest.mark.parametrize("mode", ["eager", "xla", "export"])
 @pytest.mark.parametrize("interpolation, padding_mode, align_corners", COMBOS, ids=COMBO_IDS)
 def test_volume_matches_onnxruntime_grid_sample(interpolation, padding_mode, align_corners, mode):
     images, grid = _random_case(seed=len(mode))

@@ -1,0 +1,174 @@
+"""The sampler's export kernel: the same numbers as the training kernel, in ops every runtime has.
+
+The training kernel (`stn_keras.ops.sampling._interpolate`) is shaped for XLA: `is_finite` and
+`reduce_all`, int64 rows gathered by 3-D index tensors, `add_n`, selects against `zeros_like`, and a
+hand-written backward pass. Exported graphs run elsewhere (onnxruntime-web, OpenVINO, TensorRT, the
+LiteRT GPU delegate), which each lack some of those ops or run them wrongly; an export traces the
+model under `export_kernel()`, and every `grid_sample` traced then takes this forward-only kernel:
+
+- a point is finite when `|coordinate| <= the dtype's largest value` (false for NaN and inf): no
+  `IsFinite`, `IsNaN` or `ReduceAll`;
+- each coordinate is sliced keeping its axis (`(B, *out, 1)`), so no op drops or inserts an axis
+  (no `STRIDED_SLICE` shrink masks, no `EXPAND_DIMS`), and every select broadcasts its condition
+  against a value of the output's shape and a scalar 0 (no `ZEROS_LIKE`);
+- tap indices are clamped by a float select before one cast to an integer, and each tap is read by a
+  gather of 1-D indices whose rows are int32 when the batch and sizes are static and fit (int64
+  when the batch is only known at run time, where no bound can be proven);
+- the taps are summed by pairwise adds in the training kernel's order (no `ADD_N`), and nearest
+  rounds half to even with floor and compares (no `ROUND`).
+
+A tap that is not read contributes exactly 0 through a select (0 * NaN is NaN), as in training.
+`grid_sample` validates its arguments before either kernel runs; the exporters check the traced
+artifact against the Keras model (the training kernel) on every export.
+"""
+
+import contextlib
+import functools
+import itertools
+import operator
+import threading
+
+import tensorflow as tf
+
+from stn_keras.ops import coordinates
+
+_STATE = threading.local()
+_INT32_ROWS = 2**31 - 1
+
+
+@contextlib.contextmanager
+def export_kernel():
+    """Within this block, every traced `grid_sample` uses this module's kernel (see module docstring)."""
+    previous = active()
+    _STATE.active = True
+    try:
+        yield
+    finally:
+        _STATE.active = previous
+
+
+def active():
+    """Whether `grid_sample` calls traced now take the export kernel."""
+    return getattr(_STATE, "active", False)
+
+
+def _all(conditions):
+    return functools.reduce(operator.and_, conditions)
+
+
+def _product(factors):
+    return functools.reduce(operator.mul, factors)
+
+
+def _round_half_even(pixel):
+    """`tf.round` (ties to even, as PyTorch's `nearbyint`) from floor and compares.
+
+    `pixel - floor(pixel)` is exact, so the comparison with 0.5 is too; `floor(pixel + 0.5)` would
+    round 0.49999997 up.
+    """
+    left = tf.floor(pixel)
+    frac = pixel - left
+    odd = tf.cast(tf.equal(left - 2.0 * tf.floor(left / 2.0), 1.0), pixel.dtype)
+    above = tf.cast(frac > 0.5, pixel.dtype)
+    tie = tf.cast(tf.equal(frac, 0.5), pixel.dtype)
+    return left + above + tie * odd  # the two conditions exclude each other
+
+
+def _nearest_taps(pixel):
+    """One tap, weight 1: `None`, so that no multiply by 1 is traced (a converter folds it away, and
+    the sampler's marked output with it)."""
+    return [_round_half_even(pixel)], [None], None
+
+
+def _static_rows(images, spatial):
+    """Whether every row index of `images` provably fits in int32: all sizes static and small."""
+    shape = images.shape[: spatial + 1]
+    return shape.is_fully_defined() and shape.num_elements() <= _INT32_ROWS
+
+
+def _axis_taps(pixel, size, kernel, pad_taps, padding_mode, align_corners, index_dtype):
+    """Tap indices (inside the image, 0 where a tap is not), weights and insides along one axis."""
+    positions, weights, _ = kernel(pixel)
+    if pad_taps:
+        positions = [
+            coordinates.apply_padding(p, size, padding_mode, align_corners) for p in positions
+        ]
+    last = tf.cast(size, pixel.dtype) - 1.0
+    indices, inside = [], []
+    for position in positions:
+        within = (position >= 0.0) & (position <= last)
+        indices.append(
+            tf.cast(tf.where(within, position, tf.zeros((), position.dtype)), index_dtype)
+        )
+        inside.append(within)
+    return indices, weights, inside
+
+
+def _batch_rows(images, grid, spatial, index_dtype):
+    """The batch index of every output point, `(B, 1, ..., 1)` (a constant for a static batch)."""
+    batch = images.shape[0]
+    if batch is not None and grid.shape[0] == batch:
+        values = tf.constant(list(range(batch)), index_dtype)
+    else:
+        values = tf.range(tf.shape(grid, out_type=index_dtype)[0])
+    return tf.reshape(values, [-1] + [1] * (spatial + 1))
+
+
+def _gather_rows(flat, rows, channels):
+    """`flat[rows]` with `rows` `(B, *out, 1)` flattened to 1-D indices: `(B, *out, C)`."""
+    values = tf.gather(flat, tf.reshape(rows, [-1]))
+    if rows.shape.is_fully_defined() and isinstance(channels, int):
+        shape = [*rows.shape[:-1], channels]
+    else:
+        shape = tf.concat([tf.shape(rows)[:-1], tf.reshape(tf.shape(flat)[1], [1])], 0)
+    return tf.reshape(values, shape)
+
+
+def sample(images, grid, interpolation, padding_mode, align_corners, kernels):
+    """`grid_sample`'s forward pass in portable ops (module docstring); arguments already checked.
+
+    Args:
+        images: `(B, *in, C)`.
+        grid: `(B, *out, N)` in the compute dtype, last axis `(x, y[, z])`.
+        interpolation, padding_mode, align_corners: as in `grid_sample`.
+        kernels: `sampling._KERNELS`, the per-axis tap kernels shared with the training kernel.
+
+    Returns:
+        `(B, *out, C)` in the compute dtype.
+    """
+    spatial = images.shape.rank - 2
+    dtype = grid.dtype
+    kernel, pad_taps = kernels[interpolation]
+    if interpolation == "nearest":
+        kernel = _nearest_taps
+    index_dtype = tf.int32 if _static_rows(images, spatial) else tf.int64
+    components = [grid[..., k : k + 1] for k in range(spatial)]  # (x, y[, z]), each B x out x 1
+    finite = _all([tf.abs(c) <= dtype.max for c in components])  # False for NaN and inf
+    limit = coordinates.COORD_LIMIT
+    zero = tf.zeros((), dtype)
+    components = [tf.where(finite, tf.clip_by_value(c, -limit, limit), zero) for c in components]
+    in_size = [coordinates.dim(images, axis) for axis in range(1, spatial + 1)]  # [D,] H, W
+    per_axis = []  # array order ([z,] y, x): the grid's components reversed
+    for k in reversed(range(spatial)):
+        size = in_size[spatial - 1 - k]
+        pixel = coordinates.unnormalize(components[k], size, align_corners)
+        if not pad_taps:
+            pixel = coordinates.apply_padding(pixel, size, padding_mode, align_corners)
+        per_axis.append(
+            _axis_taps(pixel, size, kernel, pad_taps, padding_mode, align_corners, index_dtype)
+        )
+    indices, weights, inside = zip(*per_axis, strict=True)
+    channels = coordinates.dim(images, -1)
+    flat = tf.reshape(images, [-1, channels])
+    batch = _batch_rows(images, grid, spatial, index_dtype)
+    out = None
+    for tap in itertools.product(*(range(len(i)) for i in indices)):
+        row = batch
+        for axis, size in enumerate(in_size):
+            row = row * tf.cast(size, index_dtype) + indices[axis][tap[axis]]
+        valid = _all([inside[a][tap[a]] for a in range(spatial)] + [finite])
+        values = tf.where(valid, tf.cast(_gather_rows(flat, row, channels), dtype), zero)
+        factors = [weights[a][tap[a]] for a in range(spatial) if weights[a][tap[a]] is not None]
+        term = values * _product(factors) if factors else values
+        out = term if out is None else out + term
+    return out
