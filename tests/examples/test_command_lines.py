@@ -5,12 +5,20 @@ import pytest
 
 from examples import distorted_digits, multiworker, outputs, quickstart, register
 from examples.arguments import integer
+from examples.web import __main__ as web
+
+
+def _web(argv):
+    # A --model that exists (this file); every refusal tested here comes before it is read.
+    return web.main(["--model", __file__, *argv])
+
 
 MAINS = {
     "register": register.main,
     "distorted_digits": distorted_digits.main,
     "quickstart": quickstart.main,
     "multiworker": multiworker.main,
+    "web": _web,
 }
 
 BAD_FLAGS = [
@@ -40,6 +48,10 @@ BAD_FLAGS = [
     ("multiworker", "--max-train", "0"),
     ("multiworker", "--seed", "-1"),
     ("multiworker", "--cluster-timeout", "0"),
+    ("web", "--samples", "0"),
+    ("web", "--samples", "-1"),
+    ("web", "--samples", "many"),
+    ("web", "--model", "missing.keras"),
 ]
 
 
