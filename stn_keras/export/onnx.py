@@ -184,6 +184,7 @@ def convert(model, opset=None, native_gridsample=False, kept=None, target=None):
         outputs = [o for o in proto.graph.output if o.name in rename.values()]
         del proto.graph.output[:]
         proto.graph.output.extend(outputs)
+        onnx_gridsample.sort_nodes(proto)  # before pruning, which walks the nodes in order
         onnx_gridsample.prune(proto)
     onnx.checker.check_model(proto)
     return proto, rewrites

@@ -166,6 +166,30 @@ def prune(model):
     graph.initializer.extend(initializers)
 
 
+def sort_nodes(model):
+    """Order the graph's nodes so that each comes after the producers of what it reads (in place).
+
+    `use_affine_grids` inserts each `AffineGrid` before its `GridSample`, but its `theta` may be
+    produced later in tf2onnx's order (nothing else needed it there; tf2onnx merges the identical
+    thetas of several samplers, in an order that varies from run to run), and `prune` reads the
+    nodes in order. The sort is stable: every other node keeps its place.
+    """
+    graph = model.graph
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if set(n.input) <= available]
+        if not ready:
+            raise ValueError("The ONNX graph has a cycle or reads a tensor nothing produces.")
+        for node in ready:
+            available.update(node.output)
+        ordered.extend(ready)
+        taken = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in taken]
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
 def _const(graph, name, values):
     graph.initializer.append(numpy_helper.from_array(np.asarray(values, dtype=np.int64), name))
     return name

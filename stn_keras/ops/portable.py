@@ -8,9 +8,11 @@ model under `export_kernel()`, and every `grid_sample` traced then takes this fo
 
 - a point is finite when `|coordinate| <= the dtype's largest value` (false for NaN and inf): no
   `IsFinite`, `IsNaN` or `ReduceAll`;
-- each coordinate is sliced keeping its axis (`(B, *out, 1)`), so no op drops or inserts an axis
-  (no `STRIDED_SLICE` shrink masks, no `EXPAND_DIMS`), and every select broadcasts its condition
-  against a value of the output's shape and a scalar 0 (no `ZEROS_LIKE`);
+- each coordinate is sliced keeping its axis and reshaped to `(B, *out)` (a constant reshape when
+  the sizes are static: no `STRIDED_SLICE` shrink masks, no `EXPAND_DIMS`), and every select
+  broadcasts its condition against a value of the output's shape and a scalar 0 (no
+  `ZEROS_LIKE`); the arithmetic runs on `(B, *out)`, not `(B, *out, 1)`, on which onnxruntime
+  broadcasts a scalar 40x slower (264 us against 7 us for 32x28x28, 1.32 CPU);
 - tap indices are clamped by a float select before one cast to an integer, and each tap is read by a
   gather of 1-D indices whose rows are int32 when the batch and sizes are static and fit (int64
   when the batch is only known at run time, where no bound can be proven);
@@ -86,24 +88,6 @@ def _static_rows(images, spatial):
     return shape.is_fully_defined() and shape.num_elements() <= _INT32_ROWS
 
 
-def _axis_taps(pixel, size, kernel, pad_taps, padding_mode, align_corners, index_dtype):
-    """Tap indices (inside the image, 0 where a tap is not), weights and insides along one axis."""
-    positions, weights, _ = kernel(pixel)
-    if pad_taps:
-        positions = [
-            coordinates.apply_padding(p, size, padding_mode, align_corners) for p in positions
-        ]
-    last = tf.cast(size, pixel.dtype) - 1.0
-    indices, inside = [], []
-    for position in positions:
-        within = (position >= 0.0) & (position <= last)
-        indices.append(
-            tf.cast(tf.where(within, position, tf.zeros((), position.dtype)), index_dtype)
-        )
-        inside.append(within)
-    return indices, weights, inside
-
-
 def _batch_rows(images, grid, spatial, index_dtype):
     """The batch index of every output point, `(B, 1, ..., 1)` (a constant for a static batch)."""
     batch = images.shape[0]
@@ -111,27 +95,42 @@ def _batch_rows(images, grid, spatial, index_dtype):
         values = tf.constant(list(range(batch)), index_dtype)
     else:
         values = tf.range(tf.shape(grid, out_type=index_dtype)[0])
-    return tf.reshape(values, [-1] + [1] * (spatial + 1))
+    return tf.reshape(values, [-1] + [1] * spatial)
+
+
+def _drop_last(x):
+    """`(..., 1)` -> `(...)`, by a constant reshape when the shape is static."""
+    if x.shape.is_fully_defined():
+        return tf.reshape(x, x.shape[:-1])
+    return tf.squeeze(x, -1)
+
+
+def _add_last(x):
+    """`(...)` -> `(..., 1)`, by a constant reshape when the shape is static."""
+    if x.shape.is_fully_defined():
+        return tf.reshape(x, [*x.shape, 1])
+    return tf.expand_dims(x, -1)
 
 
 def _gather_rows(flat, rows, channels):
-    """`flat[rows]` with `rows` `(B, *out, 1)` flattened to 1-D indices: `(B, *out, C)`."""
+    """`flat[rows]` with `rows` `(B, *out)` flattened to 1-D indices: `(B, *out, C)`."""
     values = tf.gather(flat, tf.reshape(rows, [-1]))
     if rows.shape.is_fully_defined() and isinstance(channels, int):
-        shape = [*rows.shape[:-1], channels]
+        shape = [*rows.shape, channels]
     else:
-        shape = tf.concat([tf.shape(rows)[:-1], tf.reshape(tf.shape(flat)[1], [1])], 0)
+        shape = tf.concat([tf.shape(rows), tf.reshape(tf.shape(flat)[1], [1])], 0)
     return tf.reshape(values, shape)
 
 
-def sample(images, grid, interpolation, padding_mode, align_corners, kernels):
+def sample(images, grid, interpolation, padding_mode, align_corners, kernels, axis_taps):
     """`grid_sample`'s forward pass in portable ops (module docstring); arguments already checked.
 
     Args:
         images: `(B, *in, C)`.
         grid: `(B, *out, N)` in the compute dtype, last axis `(x, y[, z])`.
         interpolation, padding_mode, align_corners: as in `grid_sample`.
-        kernels: `sampling._KERNELS`, the per-axis tap kernels shared with the training kernel.
+        kernels, axis_taps: the training kernel's per-axis tap kernels and taps along one axis
+            (`sampling._KERNELS`, `sampling._axis_taps`), shared with it.
 
     Returns:
         `(B, *out, C)` in the compute dtype.
@@ -142,7 +141,7 @@ def sample(images, grid, interpolation, padding_mode, align_corners, kernels):
     if interpolation == "nearest":
         kernel = _nearest_taps
     index_dtype = tf.int32 if _static_rows(images, spatial) else tf.int64
-    components = [grid[..., k : k + 1] for k in range(spatial)]  # (x, y[, z]), each B x out x 1
+    components = [_drop_last(grid[..., k : k + 1]) for k in range(spatial)]  # (x, y[, z]), B x out
     finite = _all([tf.abs(c) <= dtype.max for c in components])  # False for NaN and inf
     limit = coordinates.COORD_LIMIT
     zero = tf.zeros((), dtype)
@@ -154,10 +153,9 @@ def sample(images, grid, interpolation, padding_mode, align_corners, kernels):
         pixel = coordinates.unnormalize(components[k], size, align_corners)
         if not pad_taps:
             pixel = coordinates.apply_padding(pixel, size, padding_mode, align_corners)
-        per_axis.append(
-            _axis_taps(pixel, size, kernel, pad_taps, padding_mode, align_corners, index_dtype)
-        )
-    indices, weights, inside = zip(*per_axis, strict=True)
+        taps = axis_taps(pixel, size, kernel, pad_taps, padding_mode, align_corners, index_dtype)
+        per_axis.append(taps)
+    indices, weights, _, inside = zip(*per_axis, strict=True)
     channels = coordinates.dim(images, -1)
     flat = tf.reshape(images, [-1, channels])
     batch = _batch_rows(images, grid, spatial, index_dtype)
@@ -167,8 +165,8 @@ def sample(images, grid, interpolation, padding_mode, align_corners, kernels):
         for axis, size in enumerate(in_size):
             row = row * tf.cast(size, index_dtype) + indices[axis][tap[axis]]
         valid = _all([inside[a][tap[a]] for a in range(spatial)] + [finite])
-        values = tf.where(valid, tf.cast(_gather_rows(flat, row, channels), dtype), zero)
+        values = tf.where(_add_last(valid), tf.cast(_gather_rows(flat, row, channels), dtype), zero)
         factors = [weights[a][tap[a]] for a in range(spatial) if weights[a][tap[a]] is not None]
-        term = values * _product(factors) if factors else values
+        term = values * _add_last(_product(factors)) if factors else values
         out = term if out is None else out + term
     return out

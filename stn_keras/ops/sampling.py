@@ -90,7 +90,7 @@ _KERNELS = {
 }
 
 
-def _axis_taps(pixel, size, kernel, pad_taps, padding_mode, align_corners):
+def _axis_taps(pixel, size, kernel, pad_taps, padding_mode, align_corners, index_dtype=tf.int64):
     """Tap indices, weights, weight slopes and validity along one axis.
 
     Args:
@@ -98,9 +98,10 @@ def _axis_taps(pixel, size, kernel, pad_taps, padding_mode, align_corners):
         size: number of input pixels along the axis.
         kernel, pad_taps: an entry of `_KERNELS`.
         padding_mode, align_corners: as in `grid_sample`.
+        index_dtype: the indices' integer dtype. Defaults to `tf.int64`.
 
     Returns:
-        `(indices, weights, slopes, inside)`, lists of T tensors `(B, H_out, W_out)`: int64 tap
+        `(indices, weights, slopes, inside)`, lists of T tensors `(B, H_out, W_out)`: integer tap
         positions, always inside `[0, size - 1]` (a tap outside is parked on 0), their weights, the
         weights' derivatives w.r.t. `pixel`, and whether the tap lies inside the image. A tap that is
         not inside must contribute nothing: the sampler selects it away (its parked pixel may hold
@@ -115,7 +116,8 @@ def _axis_taps(pixel, size, kernel, pad_taps, padding_mode, align_corners):
     indices, inside = [], []
     for position in positions:
         within = (position >= 0.0) & (position <= last)
-        indices.append(tf.cast(tf.where(within, position, tf.zeros_like(position)), tf.int64))
+        parked = tf.where(within, position, tf.zeros((), position.dtype))  # scalar: no ZerosLike
+        indices.append(tf.cast(parked, index_dtype))
         inside.append(within)
     return indices, weights, slopes, inside
 
@@ -324,7 +326,8 @@ def _grid_sample(images, grid, interpolation, padding_mode, align_corners):
     dtype = coordinates.compute_dtype(images.dtype, grid.dtype)
     grid = tf.cast(grid, dtype)
     if portable.active():  # an export traces the model: the same numbers in portable ops
-        out = portable.sample(images, grid, interpolation, padding_mode, align_corners, _KERNELS)
+        options = (interpolation, padding_mode, align_corners)
+        out = portable.sample(images, grid, *options, _KERNELS, _axis_taps)
         return recording.mark(tf.cast(out, images.dtype), "output")
 
     # A non-finite point reads as outside the image; finite ones are clamped so pixel maths stays finite.

@@ -31,9 +31,21 @@ def check_installed():
 def run_cases(path, runtime, cases, timeout=300):
     """Run the ONNX model `path` on each case (a list of `(name, float32 array)`) in one Node
     process; returns `(runtime name, [outputs of each case, in output_0, output_1... order])`."""
+    reply, results = _run(path, runtime, cases, timeout=timeout)
+    return reply["runtime"], results
+
+
+def median_ms(path, runtime, cases, repeat, timeout=600):
+    """Time each case `repeat` times in one Node process (after 2 untimed runs); returns
+    `(runtime name, [median milliseconds of each case])`."""
+    reply, _ = _run(path, runtime, cases, repeat=repeat, timeout=timeout)
+    return reply["runtime"], reply["median_ms"]
+
+
+def _run(path, runtime, cases, repeat=0, timeout=300):
     with tempfile.TemporaryDirectory(prefix="stn_keras_node_") as scratch:
         scratch = pathlib.Path(scratch)
-        request = {"model": str(path), "runtime": runtime, "cases": []}
+        request = {"model": str(path), "runtime": runtime, "cases": [], "repeat": repeat}
         for index, inputs in enumerate(cases):
             entries = []
             for name, array in inputs:
@@ -61,7 +73,7 @@ def run_cases(path, runtime, cases, timeout=300):
             }
             order = sorted(arrays, key=lambda name: int(name.rsplit("_", 1)[-1]))
             results.append([arrays[name] for name in order])
-        return reply["runtime"], results
+        return reply, results
 
 
 def runner(path, runtime, input_names):

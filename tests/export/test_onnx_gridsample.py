@@ -1,8 +1,10 @@
 """The native rewrite reads what the ops recorded: unit tests on tiny traced graphs."""
 
+import numpy as np
 import onnx
 import pytest
 import tensorflow as tf
+from onnx import helper
 
 from stn_keras import affine_grid, grid_sample
 from stn_keras.export import onnx_gridsample
@@ -105,3 +107,30 @@ def test_use_affine_grids_feeds_gridsample_from_affinegrid_at_opset_20():
     assert ops[-2:] == ["AffineGrid", "GridSample"]
     assert model.graph.node[-1].input[1] == model.graph.node[-2].output[0]
     onnx.checker.check_model(model)
+
+
+def test_nodes_are_sorted_after_their_producers_before_pruning():
+    # An AffineGrid inserted before the Identity that produces its theta (tf2onnx's order after it
+    # merged identical thetas): sorting first keeps that producer when unused nodes are pruned.
+    theta = helper.make_tensor_value_info("theta_in", onnx.TensorProto.FLOAT, [1, 2, 3])
+    out = helper.make_tensor_value_info("grid", onnx.TensorProto.FLOAT, [1, 2, 2, 2])
+    nodes = [
+        helper.make_node("AffineGrid", ["theta", "size"], ["grid"]),
+        helper.make_node("Identity", ["theta_in"], ["theta"]),
+        helper.make_node("Identity", ["theta_in"], ["unused"]),
+    ]
+    size = onnx.numpy_helper.from_array(np.array([1, 1, 2, 2], np.int64), "size")
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [theta], [out], [size]),
+        opset_imports=[helper.make_opsetid("", 20)],
+    )
+    onnx_gridsample.sort_nodes(model)
+    onnx_gridsample.prune(model)
+    assert [n.output[0] for n in model.graph.node] == ["theta", "grid"]
+    onnx.checker.check_model(model)
+    broken = helper.make_model(
+        helper.make_graph(nodes[:1], "g", [theta], [out], [size]),
+        opset_imports=[helper.make_opsetid("", 20)],
+    )
+    with pytest.raises(ValueError, match="reads a tensor nothing produces"):
+        onnx_gridsample.sort_nodes(broken)
