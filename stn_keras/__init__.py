@@ -8,11 +8,13 @@ from stn_keras.ops import (
     affine_to_flow,
     attention_grid,
     compose_flows,
+    cv2_from_theta,
     grid_sample,
     integrate_velocity,
     jacobian_determinant,
     projective_grid,
     resize_flow,
+    theta_from_cv2,
     tps_grid,
     warp,
 )
@@ -37,5 +39,7 @@ __all__ = [
     "grid_sample",
     "projective_grid",
     "tps_grid",
+    "theta_from_cv2",
+    "cv2_from_theta",
     "__version__",
 ]

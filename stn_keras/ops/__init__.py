@@ -10,6 +10,7 @@ from stn_keras.ops.fields import (
     warp,
 )
 from stn_keras.ops.grids import affine_grid, attention_grid, projective_grid
+from stn_keras.ops.opencv import cv2_from_theta, theta_from_cv2
 from stn_keras.ops.sampling import INTERPOLATIONS, grid_sample
 from stn_keras.ops.tps import tps_grid
 
@@ -27,4 +28,6 @@ __all__ = [
     "grid_sample",
     "projective_grid",
     "tps_grid",
+    "theta_from_cv2",
+    "cv2_from_theta",
 ]
