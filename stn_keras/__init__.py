@@ -9,6 +9,7 @@ from stn_keras.ops import (
     attention_grid,
     compose_flows,
     cv2_from_theta,
+    fiducial_points,
     grid_sample,
     integrate_velocity,
     jacobian_determinant,
@@ -16,6 +17,7 @@ from stn_keras.ops import (
     resize_flow,
     theta_from_cv2,
     tps_grid,
+    tps_grid_from_points,
     warp,
 )
 
@@ -39,6 +41,8 @@ __all__ = [
     "grid_sample",
     "projective_grid",
     "tps_grid",
+    "tps_grid_from_points",
+    "fiducial_points",
     "theta_from_cv2",
     "cv2_from_theta",
     "__version__",

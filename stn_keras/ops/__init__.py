@@ -12,7 +12,7 @@ from stn_keras.ops.fields import (
 from stn_keras.ops.grids import affine_grid, attention_grid, projective_grid
 from stn_keras.ops.opencv import cv2_from_theta, theta_from_cv2
 from stn_keras.ops.sampling import INTERPOLATIONS, grid_sample
-from stn_keras.ops.tps import tps_grid
+from stn_keras.ops.tps import fiducial_points, tps_grid, tps_grid_from_points
 
 __all__ = [
     "INTERPOLATIONS",
@@ -28,6 +28,8 @@ __all__ = [
     "grid_sample",
     "projective_grid",
     "tps_grid",
+    "tps_grid_from_points",
+    "fiducial_points",
     "theta_from_cv2",
     "cv2_from_theta",
 ]

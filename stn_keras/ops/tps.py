@@ -42,7 +42,124 @@ def _check_control_points(control_points):
     return check_int("control_points", control_points, minimum=2)
 
 
-class ThinPlateSpline:
+def _check_regularization(regularization):
+    value = float(regularization) if np.isscalar(regularization) else float("nan")
+    if not np.isfinite(value) or value < 0.0:
+        raise ValueError(
+            "Argument `regularization` must be a finite number >= 0. "
+            f"Received: regularization={regularization!r}"
+        )
+    return value
+
+
+def _system(points, regularization):
+    """The spline's `(K + 3, K + 3)` float64 matrix `[[U + 2 lambda I, P], [P^T, 0]]` for `(K, 2)`
+    control points (`U = r^2 log r^2` is twice SciPy's kernel, so SciPy's smoothing lambda is 2
+    lambda here)."""
+    n = len(points)
+    affine = np.concatenate([np.ones((n, 1)), points], axis=1)  # Kx3: (1, x, y)
+    squared = np.sum((points[:, None, :] - points[None, :, :]) ** 2, axis=-1)  # KxK
+    system = np.zeros((n + 3, n + 3))
+    system[:n, :n] = _kernel(squared) + 2.0 * regularization * np.eye(n)
+    system[:n, n:] = affine
+    system[n:, :n] = affine.T
+    return system
+
+
+# A system this ill-conditioned has no unique spline: collinear points (no affine part) or, without
+# regularization, a repeated point (two equal rows).
+_MAX_CONDITION = 1e12
+
+
+def _check_layout(points, regularization, name):
+    if len(points) < 3:
+        raise ValueError(
+            f"Argument `{name}` must hold at least 3 points (a thin-plate spline has an affine "
+            f"part). Received: {len(points)} points"
+        )
+    condition = np.linalg.cond(_system(points, regularization))
+    if not condition < _MAX_CONDITION:
+        raise ValueError(
+            f"Argument `{name}` is degenerate: the points are collinear, or two coincide (which "
+            f"`regularization` > 0 allows), so no unique spline passes through them. "
+            f"Received: {name}={np.round(points, 6).tolist()}"
+        )
+
+
+class PointSpline:
+    """A thin-plate spline through fixed control points, given in the output's normalised coordinates.
+
+    The spline maps output position `p` to `f(p)` (module docstring, with the control points `c_i`
+    anywhere); a batch of *sources* `(B, K, 2)`, where each control point lands in the input, fixes
+    its coefficients. The system's inverse is computed once, in float64 numpy: a grid is linear in
+    the sources, hence differentiable w.r.t. them.
+
+    Args:
+        control_points: `(K, 2)` positions `(x, y)`, K >= 3, not all on one line.
+        regularization: lambda >= 0 added to the kernel's diagonal, in SciPy's units
+            (`RBFInterpolator(kernel="thin_plate_spline", smoothing=lambda)`): 0 interpolates
+            exactly, larger values give a smoother, least-squares spline. Defaults to `0.0`.
+
+    Raises:
+        ValueError: if the points are not `(K, 2)` finite numbers with K >= 3, are collinear or
+            (without regularization) repeated, or `regularization` is negative or not finite.
+    """
+
+    def __init__(self, control_points, regularization=0.0, name="control_points"):
+        points = np.asarray(control_points, dtype=np.float64)
+        if points.ndim != 2 or points.shape[1] != 2 or not np.all(np.isfinite(points)):
+            raise ValueError(
+                f"Argument `{name}` must be finite `(K, 2)` positions (x, y). "
+                f"Received: {name}.shape={points.shape}"
+            )
+        self.regularization = _check_regularization(regularization)
+        _check_layout(points, self.regularization, name)
+        self.points = points
+        # The right-hand side is [sources; 0], so only the first K columns of the inverse are used:
+        # [w; a] = solver @ sources.
+        self._solver = np.linalg.inv(_system(points, self.regularization))[:, : len(points)]
+
+    @property
+    def num_points(self):
+        """Number of control points `K`."""
+        return len(self.points)
+
+    def _check_sources(self, sources):
+        k = self.num_points
+        return grids.check_params(sources, "source_points", (k, 2), f"(B, {k}, 2)")
+
+    def coefficients(self, sources):
+        """The kernel weights `w` `(B, K, 2)` and the affine part `a` `(B, 3, 2)` (rows for `(1, x,
+        y)`) of a batch of sources `(B, K, 2)`, in their dtype."""
+        sources = self._check_sources(sources)
+        coeffs = self._solve(sources, coordinates.compute_dtype(sources.dtype))  # Bx(K+3)x2
+        coeffs = tf.cast(coeffs, sources.dtype)
+        return coeffs[:, : self.num_points], coeffs[:, self.num_points :]
+
+    def _solve(self, sources, dtype):
+        solver = tf.constant(self._solver, dtype)  # (K+3)xK
+        flat = tf.transpose(tf.cast(sources, dtype), [0, 2, 1])  # Bx2xK
+        return grids.transform_points(solver, flat)  # Bx(K+3)x2
+
+    def grid(self, sources, size, align_corners=False):
+        """The sampling grid `(B, H_out, W_out, 2)` of a batch of sources `(B, K, 2)`, in their
+        dtype (arithmetic in at least float32); `size` may be dynamic."""
+        sources = self._check_sources(sources)
+        dtype = coordinates.compute_dtype(sources.dtype)
+        base = grids.output_positions(size, align_corners, dtype)  # HxWx3
+        points = tf.reshape(base[..., :2], [-1, 2])  # (H*W)x2
+        control = tf.constant(self.points, dtype)  # Kx2
+        squared = tf.reduce_sum(tf.square(points[:, None, :] - control[None]), axis=-1)
+        basis = tf.concat(
+            [_kernel(squared), tf.ones_like(points[:, :1]), points], axis=-1
+        )  # (H*W)x(K+3), columns matching [w; a]
+        coeffs = tf.transpose(self._solve(sources, dtype), [0, 2, 1])  # Bx2x(K+3)
+        grid = grids.transform_points(basis, coeffs)  # Bx(H*W)x2
+        shape = [coordinates.dim(sources, 0), coordinates.dim(base, 0), coordinates.dim(base, 1), 2]
+        return tf.cast(tf.reshape(grid, shape), sources.dtype)  # BxHxWx2
+
+
+class ThinPlateSpline(PointSpline):
     """A thin-plate spline over a fixed regular K x K lattice of control points.
 
     Targets are laid out like a tiny sampling grid, `(B, K, K, 2)`: `targets[b, i, j]` is the
@@ -60,53 +177,25 @@ class ThinPlateSpline:
 
     def __init__(self, control_points=4):
         self.control_points = _check_control_points(control_points)
-        n = self.num_points
         axis = np.linspace(-1.0, 1.0, self.control_points)
         y, x = np.meshgrid(axis, axis, indexing="ij")  # KxK each
         self.source_points = np.stack([x, y], axis=-1)  # KxKx2, float64
-        source = self.source_points.reshape(n, 2)  # Nx2
-        affine = np.concatenate([np.ones((n, 1)), source], axis=1)  # Nx3: (1, x, y)
-        squared = np.sum((source[:, None, :] - source[None, :, :]) ** 2, axis=-1)  # NxN
-        system = np.zeros((n + 3, n + 3))
-        system[:n, :n] = _kernel(squared)
-        system[:n, n:] = affine
-        system[n:, :n] = affine.T
-        # The right-hand side is [t; 0], so only the first N columns of the inverse are ever used:
-        # [w; a] = solver @ t.
-        self._solver = np.linalg.inv(system)[:, :n]  # (N+3)xN
-
-    @property
-    def num_points(self):
-        """Number of control points `N = K * K`."""
-        return self.control_points**2
+        super().__init__(self.source_points.reshape(-1, 2))
 
     def _check_targets(self, targets):
         k = self.control_points
-        return grids.check_params(targets, "targets", (k, k, 2), f"(B, {k}, {k}, 2)")
+        targets = grids.check_params(targets, "targets", (k, k, 2), f"(B, {k}, {k}, 2)")
+        return tf.reshape(targets, [-1, self.num_points, 2])
 
     def coefficients(self, targets):
-        """The spline's coefficients for a batch of targets.
-
-        Args:
-            targets: float tensor `(B, K, K, 2)`.
-
-        Returns:
-            `(weights, affine)`: the kernel weights `w`, `(B, N, 2)`, and the affine part `a`,
-            `(B, 3, 2)` with rows for `(1, x, y)`, in `targets`' dtype. An affine motion of the
-            control points gives zero kernel weights.
+        """The spline's coefficients for targets `(B, K, K, 2)`: the kernel weights `w`,
+        `(B, N, 2)`, and the affine part `a`, `(B, 3, 2)` with rows for `(1, x, y)`, in `targets`'
+        dtype. An affine motion of the control points gives zero kernel weights.
 
         Raises:
             ValueError: if `targets` is not `(B, K, K, 2)` or not floating.
         """
-        targets = self._check_targets(targets)
-        coeffs = self._solve(targets, coordinates.compute_dtype(targets.dtype))  # Bx(N+3)x2
-        coeffs = tf.cast(coeffs, targets.dtype)
-        return coeffs[:, : self.num_points], coeffs[:, self.num_points :]
-
-    def _solve(self, targets, dtype):
-        flat = tf.reshape(tf.cast(targets, dtype), [-1, self.num_points, 2])  # BxNx2
-        solver = tf.constant(self._solver, dtype)  # (N+3)xN
-        return grids.transform_points(solver, tf.transpose(flat, [0, 2, 1]))  # Bx(N+3)x2
+        return super().coefficients(self._check_targets(targets))
 
     def grid(self, targets, size, align_corners=False):
         """Sampling grid of a batch of splines.
@@ -125,19 +214,7 @@ class ThinPlateSpline:
             ValueError: if `targets` is not `(B, K, K, 2)` or not floating, or `size` is not a
                 pair of positive sizes.
         """
-        targets = self._check_targets(targets)
-        dtype = coordinates.compute_dtype(targets.dtype)
-        base = grids.output_positions(size, align_corners, dtype)  # HxWx3
-        points = tf.reshape(base[..., :2], [-1, 2])  # (H*W)x2
-        source = tf.constant(self.source_points.reshape(-1, 2), dtype)  # Nx2
-        squared = tf.reduce_sum(tf.square(points[:, None, :] - source[None]), axis=-1)  # (H*W)xN
-        basis = tf.concat(
-            [_kernel(squared), tf.ones_like(points[:, :1]), points], axis=-1
-        )  # (H*W)x(N+3), columns matching [w; a]
-        coeffs = tf.transpose(self._solve(targets, dtype), [0, 2, 1])  # Bx2x(N+3)
-        grid = grids.transform_points(basis, coeffs)  # Bx(H*W)x2
-        shape = [coordinates.dim(targets, 0), coordinates.dim(base, 0), coordinates.dim(base, 1), 2]
-        return tf.cast(tf.reshape(grid, shape), targets.dtype)  # BxHxWx2
+        return super().grid(self._check_targets(targets), size, align_corners)
 
 
 def thin_plate_spline(control_points):
@@ -190,3 +267,147 @@ def tps_grid(targets, size, align_corners=False):
             f"Received: targets.shape={shape}"
         )
     return thin_plate_spline(k).grid(targets, size, align_corners=align_corners)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_point_spline(points, regularization):
+    return PointSpline(np.array(points), regularization, name="target_points")
+
+
+def _constant_points(points):
+    """`points` as a float64 numpy `(K, 2)` array when they are a constant, else `None`."""
+    if isinstance(points, tf.Tensor | tf.Variable):
+        if not tf.executing_eagerly() or points.shape.rank != 2:
+            return None
+        points = points.numpy()
+    array = np.asarray(points, dtype=np.float64)
+    return array if array.ndim == 2 else None
+
+
+def _solve_in_graph(sources, targets, regularization, dtype):
+    """The coefficients `(B, K + 3, 2)` of splines whose control points are a tensor `(B, K, 2)`."""
+    k = targets.shape[1]
+    squared = tf.reduce_sum(tf.square(targets[:, :, None] - targets[:, None]), axis=-1)  # BxKxK
+    kernel = _kernel(squared) + 2.0 * regularization * tf.eye(k, dtype=dtype)
+    affine = tf.concat([tf.ones_like(targets[..., :1]), targets], axis=-1)  # BxKx3
+    top = tf.concat([kernel, affine], axis=-1)  # BxKx(K+3)
+    bottom = tf.concat([tf.transpose(affine, [0, 2, 1]), tf.zeros_like(affine[:, :3, :3])], -1)
+    system = tf.concat([top, bottom], axis=1)  # Bx(K+3)x(K+3)
+    rhs = tf.concat([sources, tf.zeros_like(sources[:, :3])], axis=1)  # Bx(K+3)x2
+    return tf.linalg.solve(system, rhs)
+
+
+def _grid_in_graph(sources, targets, size, regularization, align_corners):
+    """`tps_grid_from_points` for control points given as a tensor: solved per call, in the graph."""
+    dtype = coordinates.compute_dtype(sources.dtype, targets.dtype)
+    sources, targets = tf.cast(sources, dtype), tf.cast(targets, dtype)
+    if targets.shape.rank == 2:
+        targets = tf.broadcast_to(targets[None], tf.shape(sources))
+    coeffs = _solve_in_graph(sources, targets, regularization, dtype)  # Bx(K+3)x2
+    base = grids.output_positions(size, align_corners, dtype)  # HxWx3
+    points = tf.reshape(base[..., :2], [-1, 2])  # Px2
+    squared = tf.reduce_sum(tf.square(points[None, :, None] - targets[:, None]), axis=-1)  # BxPxK
+    ones = tf.ones_like(squared[..., :1])
+    basis = tf.concat([_kernel(squared), ones, ones * points[None]], axis=-1)  # BxPx(K+3)
+    # A broadcast sum, not a matmul: TF32 on recent GPUs would move the points (`grids`).
+    grid = tf.reduce_sum(basis[..., None] * coeffs[:, None], axis=-2)  # BxPx2
+    shape = [coordinates.dim(sources, 0), coordinates.dim(base, 0), coordinates.dim(base, 1), 2]
+    return tf.reshape(grid, shape)
+
+
+def tps_grid_from_points(
+    source_points, target_points, size, regularization=0.0, align_corners=False
+):
+    """Sampling grid of the thin-plate spline that maps control points onto where they land.
+
+    ASTER's and clovaai's text rectifiers in one call: `target_points` are the control points in the
+    output's normalised coordinates (for them, `fiducial_points()`: 10 along the top of the strip,
+    10 along the bottom), `source_points` where the network says each lands in the input. Output
+    position `target_points[k]` samples the input at `source_points[b, k]` exactly (with
+    `regularization=0`); positions in between follow the spline `f(p) = a_0 + a_x x + a_y y +
+    sum_k w_k U(|p - t_k|)` (module docstring), as SciPy's
+    `RBFInterpolator(target_points, source_points, kernel="thin_plate_spline", smoothing=lambda)`.
+
+    Args:
+        source_points: float tensor `(B, K, 2)`, `(x, y)` normalised input positions.
+        target_points: `(K, 2)` positions shared by the batch (numpy, a list, or an eager or
+            symbolic tensor), or a tensor `(B, K, 2)`; K >= 3, not all on one line. Constant
+            points are checked and their system inverted once (float64, cached); a tensor is
+            solved in the graph on every call (`tf.linalg.solve`, differentiable w.r.t. both).
+        size: `(H_out, W_out)`, Python ints or scalar integer tensors (may be dynamic).
+        regularization: lambda >= 0 on the kernel's diagonal, in SciPy's `smoothing` units: 0
+            passes through every point, more gives a smoother least-squares spline. Defaults to
+            `0.0`.
+        align_corners: see `stn_keras.ops.coordinates`. Defaults to `False`. The control points
+            stay at their normalised positions either way.
+
+    Returns:
+        The grid, `(B, H_out, W_out, 2)` with last axis `(x, y)`, in `source_points`' dtype. The
+        arithmetic runs in at least float32, also under mixed precision.
+
+    Raises:
+        ValueError: if the shapes do not fit `(B, K, 2)` and `(K, 2)` / `(B, K, 2)`, K < 3,
+            constant target points are collinear or (with `regularization=0`) repeated, or
+            `regularization` is negative or not finite.
+
+    Example:
+        >>> targets = fiducial_points()  # (20, 2): ASTER's layout
+        >>> sources = tf.constant(targets[None] * 0.9, tf.float32)  # a zoom-in
+        >>> tps_grid_from_points(sources, targets, (32, 100)).shape
+        TensorShape([1, 32, 100, 2])
+    """
+    regularization = _check_regularization(regularization)
+    constant = _constant_points(target_points)
+    if constant is not None:
+        if constant.shape[1:] != (2,):
+            raise ValueError(
+                "Argument `target_points` must have shape (K, 2) or (B, K, 2). "
+                f"Received: target_points.shape={constant.shape}"
+            )
+        spline = _cached_point_spline(tuple(map(tuple, constant.tolist())), regularization)
+        return spline.grid(source_points, size, align_corners)
+    targets = tf.convert_to_tensor(target_points)
+    if targets.shape.rank == 2:  # (K, 2) shared by the batch, known only when the graph runs
+        targets = grids.check_params(targets, "target_points", (2,), "(K, 2) or (B, K, 2)")
+        k = targets.shape[0]
+    else:
+        targets = grids.check_params(targets, "target_points", (None, 2), "(K, 2) or (B, K, 2)")
+        k = targets.shape[1]
+    sources = grids.check_params(source_points, "source_points", (k, 2), f"(B, {k}, 2)")
+    if k is not None and k < 3:
+        raise ValueError(f"Argument `target_points` must hold at least 3 points. Received: {k}")
+    out = _grid_in_graph(sources, targets, size, regularization, align_corners)
+    return tf.cast(out, sources.dtype)
+
+
+def fiducial_points(count=20, margins=(0.05, 0.05)):
+    """ASTER's rectification control points: half along the top of the output, half along the
+    bottom, evenly spaced, inset by `margins`.
+
+    ASTER (Shi et al., TPAMI 2018) uses `margins=(0.05, 0.05)` of the output's width and height;
+    clovaai's deep-text-recognition-benchmark (its `TPS_SpatialTransformerNetwork`, F=20) puts them
+    on the border, `margins=(0, 0)`.
+
+    Args:
+        count: the number of points, even and >= 4. Defaults to `20`.
+        margins: `(x, y)` insets as fractions of the width and height, in `[0, 0.5)`. Defaults
+            to `(0.05, 0.05)`.
+
+    Returns:
+        float64 `(count, 2)`, `(x, y)` normalised: the top row left to right, then the bottom row.
+
+    Raises:
+        ValueError: for an odd `count` or one below 4, or margins outside `[0, 0.5)`.
+    """
+    count = check_int("count", count, minimum=4)
+    if count % 2:
+        raise ValueError(
+            f"Argument `count` must be even (half top, half bottom). Received: {count}"
+        )
+    margin_x, margin_y = (float(m) for m in margins)
+    if not (0.0 <= margin_x < 0.5 and 0.0 <= margin_y < 0.5):
+        raise ValueError(f"Argument `margins` must lie in [0, 0.5). Received: margins={margins!r}")
+    x = np.linspace(margin_x, 1.0 - margin_x, count // 2) * 2.0 - 1.0
+    top = np.stack([x, np.full_like(x, 2.0 * margin_y - 1.0)], axis=-1)
+    bottom = np.stack([x, np.full_like(x, 1.0 - 2.0 * margin_y)], axis=-1)
+    return np.concatenate([top, bottom])
