@@ -9,6 +9,7 @@ from stn_keras.ops.fields import (
     resize_flow,
     warp,
 )
+from stn_keras.ops.fitting import estimate_affine, estimate_homography, estimate_similarity
 from stn_keras.ops.grids import affine_grid, attention_grid, projective_grid
 from stn_keras.ops.opencv import cv2_from_theta, theta_from_cv2
 from stn_keras.ops.sampling import INTERPOLATIONS, grid_sample
@@ -30,6 +31,9 @@ __all__ = [
     "tps_grid",
     "tps_grid_from_points",
     "fiducial_points",
+    "estimate_affine",
+    "estimate_homography",
+    "estimate_similarity",
     "theta_from_cv2",
     "cv2_from_theta",
 ]
