@@ -58,7 +58,10 @@ class TransformSampler(keras.layers.Layer):
     Args:
         transform: the transform family, one of `stn_keras.ops.transforms.TRANSFORMS` (e.g.
             `"affine"`). Defaults to `"affine"`.
-        transform_options: dict of family options, e.g. `{"control_points": 4}` for `"tps"`.
+        transform_options: dict of family options: for `"tps"`, `{"control_points": K}` (a K x
+            K lattice), `{"control_points": "aster"}` (or `"clovaai"`: a text rectifier's 20
+            fiducials) or `{"control_points": [[x, y], ...]}` (any output positions); see
+            `stn_keras.ops.transforms.get_transform`.
             Defaults to `None` (no options).
         output_size: `(H_out, W_out)` of the output, `(D_out, H_out, W_out)` for volumes, or `None`
             to keep the input's size (which may be dynamic). Defaults to `None`.

@@ -52,7 +52,10 @@ class SpatialTransformer(keras.layers.Layer):
             one upsamples. Defaults to `None`.
         transform: the transform family, one of `stn_keras.ops.transforms.TRANSFORMS`. Defaults to
             `"affine"`.
-        transform_options: dict of family options, e.g. `{"control_points": 4}` for `"tps"`.
+        transform_options: dict of family options: for `"tps"`, `{"control_points": K}` (a K x
+            K lattice), `{"control_points": "aster"}` (or `"clovaai"`: a text rectifier's 20
+            fiducials) or `{"control_points": [[x, y], ...]}` (any output positions); see
+            `stn_keras.ops.transforms.get_transform`.
             Defaults to `None`.
         interpolation: `"bilinear"`, `"nearest"` or `"bicubic"`. Defaults to `"bilinear"`.
         padding_mode: `"zeros"`, `"border"` or `"reflection"`. Defaults to `"zeros"`.

@@ -269,9 +269,24 @@ def tps_grid(targets, size, align_corners=False):
     return thin_plate_spline(k).grid(targets, size, align_corners=align_corners)
 
 
+def point_spline(points, regularization=0.0, name="control_points"):
+    """The `PointSpline` of constant `(K, 2)` points, built once per layout (cached).
+
+    Raises:
+        ValueError: see `PointSpline`.
+    """
+    array = np.asarray(points, dtype=np.float64)
+    if array.ndim != 2 or array.shape[1:] != (2,):
+        raise ValueError(
+            f"Argument `{name}` must have shape (K, 2). Received: {name}.shape={array.shape}"
+        )
+    key = tuple(map(tuple, array.tolist()))
+    return _cached_point_spline(key, _check_regularization(regularization), name)
+
+
 @functools.lru_cache(maxsize=32)
-def _cached_point_spline(points, regularization):
-    return PointSpline(np.array(points), regularization, name="target_points")
+def _cached_point_spline(points, regularization, name):
+    return PointSpline(np.array(points), regularization, name=name)
 
 
 def _constant_points(points):
@@ -359,12 +374,7 @@ def tps_grid_from_points(
     regularization = _check_regularization(regularization)
     constant = _constant_points(target_points)
     if constant is not None:
-        if constant.shape[1:] != (2,):
-            raise ValueError(
-                "Argument `target_points` must have shape (K, 2) or (B, K, 2). "
-                f"Received: target_points.shape={constant.shape}"
-            )
-        spline = _cached_point_spline(tuple(map(tuple, constant.tolist())), regularization)
+        spline = point_spline(constant, regularization, name="target_points")
         return spline.grid(source_points, size, align_corners)
     targets = tf.convert_to_tensor(target_points)
     if targets.shape.rank == 2:  # (K, 2) shared by the batch, known only when the graph runs

@@ -90,19 +90,60 @@ def _projective(spatial_dims):
     return Transform("projective", identity, grid_fn)
 
 
-def _tps(spatial_dims, control_points=4):
-    # The targets of the K x K control points, flattened from (K, K, 2): (x, y) of the control
-    # point in row 0 column 0, then row 0 column 1, ... (x fastest, then y), see
-    # `tps.ThinPlateSpline`.
-    spline = tps.thin_plate_spline(control_points)
-    k = spline.control_points
+def _similarity(spatial_dims):
+    # (a, b, t_x, t_y): theta [[a, -b, t_x], [b, a, t_y]], a = s cos(angle), b = s sin(angle):
+    # linear in the parameters, so the regression's gradients stay well scaled.
+    identity = np.array([1.0, 0.0, 0.0, 0.0])
 
     def grid_fn(params, size, align_corners):
-        targets = tf.reshape(params, [-1, k, k, 2])  # BxKxKx2
-        return spline.grid(targets, size, align_corners=align_corners)
+        a, b, t_x, t_y = tf.unstack(tf.reshape(params, [-1, 4]), axis=-1)
+        theta = tf.reshape(tf.stack([a, -b, t_x, b, a, t_y], axis=-1), [-1, 2, 3])
+        return grids.affine_grid(theta, size, align_corners=align_corners)
 
-    identity = spline.source_points.reshape(-1)
-    return Transform("tps", identity, grid_fn, {"control_points": k})
+    return Transform("similarity", identity, grid_fn)
+
+
+def _rigid(spatial_dims):
+    # (angle, t_x, t_y), the angle in radians: theta [[cos, -sin, t_x], [sin, cos, t_y]].
+    identity = np.zeros(3)
+
+    def grid_fn(params, size, align_corners):
+        angle, t_x, t_y = tf.unstack(tf.reshape(params, [-1, 3]), axis=-1)
+        cos, sin = tf.cos(angle), tf.sin(angle)
+        theta = tf.reshape(tf.stack([cos, -sin, t_x, sin, cos, t_y], axis=-1), [-1, 2, 3])
+        return grids.affine_grid(theta, size, align_corners=align_corners)
+
+    return Transform("rigid", identity, grid_fn)
+
+
+# Named control-point layouts of `"tps"`: text rectifiers' 20 fiducials (`tps.fiducial_points`).
+TPS_LAYOUTS = {"aster": (0.05, 0.05), "clovaai": (0.0, 0.0)}
+
+
+def _tps_points(control_points):
+    """`(spline, option)`: the spline of a `"tps"` option and its serialisable form."""
+    if isinstance(control_points, str):
+        check_choice("control_points", control_points, tuple(TPS_LAYOUTS))
+        points = tps.fiducial_points(20, TPS_LAYOUTS[control_points])
+        return tps.point_spline(points, name="control_points"), control_points
+    if np.ndim(control_points) == 0:
+        spline = tps.thin_plate_spline(control_points)  # a K x K lattice
+        return spline, spline.control_points
+    spline = tps.point_spline(control_points, name="control_points")
+    return spline, spline.points.tolist()
+
+
+def _tps(spatial_dims, control_points=4):
+    # The targets of the control points, flattened from (K, 2) (x, y per point): for an int K,
+    # the K x K lattice in row-major order, x fastest, see `tps.ThinPlateSpline`.
+    spline, option = _tps_points(control_points)
+    k = spline.num_points
+
+    def grid_fn(params, size, align_corners):
+        return tps.PointSpline.grid(spline, tf.reshape(params, [-1, k, 2]), size, align_corners)
+
+    identity = spline.points.reshape(-1)
+    return Transform("tps", identity, grid_fn, {"control_points": option})
 
 
 # The families that also transform volumes (the others are 2-D only).
@@ -110,6 +151,8 @@ VOLUME_TRANSFORMS = ("attention", "affine")
 
 _FACTORIES = {
     "attention": _attention,
+    "similarity": _similarity,
+    "rigid": _rigid,
     "affine": _affine,
     "projective": _projective,
     "tps": _tps,
@@ -126,9 +169,19 @@ def get_transform(name, spatial_dims=2, **options):
     * `"affine"`: 6, row-major `theta`, `grids.affine_grid`; volumes: 12, the row-major `(3, 4)`
       theta;
     * `"projective"`: 8, the row-major homography with `h33 = 1`, `grids.projective_grid`;
-    * `"tps"`: `2 * K * K`, the flattened `(K, K, 2)` targets of the control points,
-      `tps.ThinPlateSpline`. Option `control_points=K` (integer >= 2), defaults to `4` (the
-      paper's 16 points).
+    * `"similarity"`: 4, `(a, b, t_x, t_y)` for `theta = [[a, -b, t_x], [b, a, t_y]]`
+      (isotropic scale `sqrt(a^2 + b^2)`, rotation `atan2(b, a)`); images only;
+    * `"rigid"`: 3, `(angle, t_x, t_y)`, the angle in radians; images only;
+    * `"tps"`: `2 * K`, the flattened `(K, 2)` input positions of the K control points
+      (`tps.PointSpline`). Option `control_points`: an int K >= 2 for the K x K lattice (the
+      default, 4: the paper's 16 points, `2 K^2` parameters), `"aster"` or `"clovaai"` for the
+      text rectifiers' 20 fiducials (`tps.fiducial_points`), or any `(K, 2)` output positions.
+
+    `"similarity"` and `"rigid"` act in normalised coordinates, where an image spans [-1, 1] along
+    both axes whatever its shape. On a W x H image with W != H the pixel-space map is therefore
+    `diag(W, H) @ R @ diag(1 / W, 1 / H)`: a rotation by 90 degrees of a 2:1 image stretches it by
+    2 along one axis and shrinks it along the other. Scale and translation are unaffected; on
+    square images (and squares in normalised units) they are exactly what their names say.
 
     Args:
         name: one of `TRANSFORMS`; for volumes one of `VOLUME_TRANSFORMS`.

@@ -95,7 +95,7 @@ def test_mixed_precision_samples_images_in_compute_dtype_with_float32_params():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"transform": "similarity"}, "`transform`"),
+        ({"transform": "perspective"}, "`transform`"),
         ({"transform_options": "control_points=3"}, "`transform_options`"),
         ({"transform": "affine", "transform_options": {"control_points": 3}}, "control_points"),
         ({"output_size": (0, 4)}, "`output_size`"),

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from stn_keras import SpatialTransformer
-from stn_keras.ops.transforms import TRANSFORMS
+from stn_keras import SpatialTransformer, affine_grid, grid_sample
+from stn_keras.ops import tps
+from stn_keras.ops.transforms import TRANSFORMS, get_transform
 from stn_keras.testing.layers import check_config_round_trip, run_layer_test
 
 FAMILY_OPTIONS = {"tps": {"control_points": 3}}
@@ -87,6 +88,32 @@ def test_config_round_trip_keeps_the_family_and_its_options(transform):
     assert revived.sampler.family.name == transform
     assert revived.num_params == layer.num_params
     assert revived.get_config()["transform_options"] == (options or {})
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"control_points": "aster"}, {"control_points": [[-0.9, -0.9], [0.9, -0.9], [0.0, 0.9]]}],
+)
+def test_tps_through_named_or_given_points_round_trips_a_keras_file(options, tmp_path):
+    model = keras.Sequential(
+        [
+            keras.Input((16, 40, 1)),
+            SpatialTransformer(output_size=(8, 20), transform="tps", transform_options=options),
+        ]
+    )
+    x = np.random.default_rng(0).random((2, 16, 40, 1)).astype("float32")
+    # Identity at init: the view is the input resampled on the output grid, up to the float32
+    # spline: its points move by up to cond(system) * eps (normalised), that is times W / 2 pixels,
+    # and the bilinear view by that times the largest step between neighbouring pixels (< 1).
+    want = grid_sample(x, affine_grid(np.tile(np.eye(2, 3), (2, 1, 1)), (8, 20))).numpy()
+    spline = model.layers[0].sampler.family.options["control_points"]
+    points = get_transform("tps", control_points=spline).identity.reshape(-1, 2)
+    condition = np.linalg.cond(tps._system(points, 0.0))
+    atol = condition * np.finfo(np.float32).eps * 40 / 2
+    np.testing.assert_allclose(model(x).numpy(), want, rtol=0, atol=atol)
+    model.save(tmp_path / "m.keras")
+    revived = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_array_equal(revived(x).numpy(), model(x).numpy())
 
 
 @keras.saving.register_keras_serializable(package="stn_keras_tests")
@@ -269,7 +296,7 @@ def test_keras_file_round_trip_gives_identical_outputs(build, tmp_path):
         ({"output_size": 8}, "`output_size`"),
         ({"output_size": (True, 4)}, "`output_size`"),
         ({"output_size": (4.0, 4)}, "`output_size`"),
-        ({"transform": "rigid"}, "`transform`"),
+        ({"transform": "perspective"}, "`transform`"),
         ({"transform_options": ["control_points", 3]}, "`transform_options`"),
         ({"interpolation": "area"}, "`interpolation`"),
         ({"padding_mode": "wrap"}, "`padding_mode`"),

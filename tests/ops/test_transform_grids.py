@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from stn_keras import attention_grid, grid_sample, projective_grid
+from stn_keras import (
+    attention_grid,
+    fiducial_points,
+    grid_sample,
+    projective_grid,
+    tps_grid_from_points,
+)
 from stn_keras.ops.grids import PROJECTIVE_MIN_W
 from stn_keras.ops.transforms import TRANSFORMS, get_transform
 from stn_keras.testing.ops import EXECUTION_MODES, run_op
@@ -57,6 +63,10 @@ def perturbed_params(name, batch, rng):
         ("tps", {}, 32),
         ("tps", {"control_points": 3}, 18),
         ("tps", {"control_points": np.int64(5)}, 50),
+        ("tps", {"control_points": "aster"}, 40),
+        ("tps", {"control_points": [[-1, -1], [1, -1], [0, 1]]}, 6),
+        ("similarity", {}, 4),
+        ("rigid", {}, 3),
     ],
 )
 def test_num_params_per_family(name, options, num_params):
@@ -64,6 +74,43 @@ def test_num_params_per_family(name, options, num_params):
     assert transform.num_params == num_params
     assert transform.identity.shape == (num_params,)
     assert transform.identity.dtype == np.float64
+
+
+@pytest.mark.parametrize(
+    "control_points", ["aster", "clovaai", np.array([[-0.8, -0.5], [0.7, -0.6], [0.1, 0.9]])]
+)
+def test_tps_through_any_control_points_is_tps_grid_from_points(control_points):
+    transform = get_transform("tps", control_points=control_points)
+    points = transform.identity.reshape(-1, 2)
+    if isinstance(control_points, str):
+        margins = {"aster": (0.05, 0.05), "clovaai": (0, 0)}[control_points]
+        np.testing.assert_array_equal(points, fiducial_points(20, margins))
+    sources = points + np.random.default_rng(0).uniform(-0.1, 0.1, size=(2, *points.shape))
+    got = transform.grid(sources.reshape(2, -1), (6, 9)).numpy()
+    want = tps_grid_from_points(sources, points, (6, 9)).numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    identity = transform.grid(points.reshape(1, -1), (6, 9)).numpy()
+    np.testing.assert_allclose(
+        identity, oracle.affine_grid(np.eye(2, 3)[None], (6, 9), False), atol=1e-12
+    )
+    assert get_transform("tps", **transform.options).options == transform.options  # serialisable
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_similarity_and_rigid_are_their_affine_thetas(align_corners):
+    params = np.array([[0.8, 0.3, 0.1, -0.2], [1.0, 0.0, 0.0, 0.0]])
+    a, b, tx, ty = params.T
+    theta = np.stack([np.stack([a, -b, tx], -1), np.stack([b, a, ty], -1)], 1)
+    got = get_transform("similarity").grid(params, (5, 7), align_corners).numpy()
+    np.testing.assert_allclose(got, oracle.affine_grid(theta, (5, 7), align_corners), atol=1e-12)
+    angle = np.array([np.pi / 2, -0.3])
+    rigid = np.stack([angle, [0.1, 0.0], [0.0, -0.2]], -1)
+    cos, sin = np.cos(angle), np.sin(angle)
+    theta = np.stack(
+        [np.stack([cos, -sin, rigid[:, 1]], -1), np.stack([sin, cos, rigid[:, 2]], -1)], 1
+    )
+    got = get_transform("rigid").grid(rigid, (5, 7), align_corners).numpy()
+    np.testing.assert_allclose(got, oracle.affine_grid(theta, (5, 7), align_corners), atol=1e-12)
 
 
 def test_tps_options_are_recorded_for_serialisation():
@@ -251,8 +298,8 @@ def test_wrong_number_of_params_raises(name):
 
 
 def test_unknown_transform_raises():
-    with pytest.raises(ValueError, match="Expected one of .*Received: transform='similarity'"):
-        get_transform("similarity")
+    with pytest.raises(ValueError, match="Expected one of .*Received: transform='perspective'"):
+        get_transform("perspective")
 
 
 @pytest.mark.parametrize("name", ["attention", "affine", "projective"])
@@ -268,7 +315,19 @@ def test_misspelt_tps_option_raises():
         get_transform("tps", controlpoints=4)
 
 
-@pytest.mark.parametrize("control_points", [1, 0, -3, 2.5, 4.0, True, "4", None, [4]], ids=repr)
-def test_invalid_tps_control_points_raises(control_points):
-    with pytest.raises(ValueError, match=r"Expected an integer >= 2.*control_points="):
+@pytest.mark.parametrize(
+    "control_points, message",
+    [
+        *[
+            (k, r"Expected an integer >= 2.*control_points=")
+            for k in (1, 0, -3, 2.5, 4.0, True, None)
+        ],
+        ("4", r"Expected one of \('aster', 'clovaai'\)"),
+        ([4], r"`control_points` must have shape \(K, 2\)"),
+        ([[0, 0], [1, 1], [-1, -1]], "degenerate"),
+    ],
+    ids=repr,
+)
+def test_invalid_tps_control_points_raises(control_points, message):
+    with pytest.raises(ValueError, match=message):
         get_transform("tps", control_points=control_points)
