@@ -99,16 +99,18 @@ def estimate_similarity(src, dst, weights=None, return_valid=False):
     return _finish(theta, valid, np.eye(2, 3), dtype, return_valid, "a similarity")
 
 
-def _solve_normal_equations(design, targets, weights):
-    """Weighted least squares `min sum w |design @ X - targets|^2`: `X` and whether it is unique."""
-    gram = tf.linalg.matmul(design * weights, design, transpose_a=True)  # BxKxK
-    moment = tf.linalg.matmul(design * weights, targets, transpose_a=True)  # BxKxJ
-    eigenvalues = tf.linalg.eigvalsh(gram)
-    valid = eigenvalues[:, 0] > _RELATIVE_TOLERANCE * tf.maximum(eigenvalues[:, -1], 1e-30)
-    k = gram.shape[-1]
-    eye = tf.eye(k, dtype=gram.dtype)
-    safe = tf.where(valid[:, None, None], gram, eye)
-    return tf.linalg.solve(safe, moment), valid
+def _solve_centred_normal_equations(design, targets, weights):
+    """Weighted least squares `min sum w |design @ X - targets|^2` for a centred `(B, N, 2)` design:
+    the 2 x 2 normal equations inverted in closed form (no matrix-solve op, so the graph exports
+    to ONNX and LiteRT), and whether the solution is unique (`design` not on one line)."""
+    gram = tf.linalg.matmul(design * weights, design, transpose_a=True)  # Bx2x2
+    moment = tf.linalg.matmul(design * weights, targets, transpose_a=True)  # Bx2xJ
+    xx, xy, yy = gram[:, 0, 0], gram[:, 0, 1], gram[:, 1, 1]
+    determinant = xx * yy - xy * xy
+    valid = determinant > _RELATIVE_TOLERANCE * tf.square(xx + yy)
+    safe = tf.where(valid, determinant, tf.ones_like(determinant))
+    inverse = tf.stack([tf.stack([yy, -xy], -1), tf.stack([-xy, xx], -1)], -2) / safe[:, None, None]
+    return tf.linalg.matmul(inverse, moment), valid
 
 
 def estimate_affine(src, dst, weights=None, return_valid=False):
@@ -130,7 +132,7 @@ def estimate_affine(src, dst, weights=None, return_valid=False):
     src, dst, weights, dtype = _points(src, dst, weights, minimum=3)
     # Centred first: the normal equations of raw coordinates far from 0 lose precision.
     src_mean, dst_mean = _weighted_mean(src, weights), _weighted_mean(dst, weights)
-    linear_t, valid = _solve_normal_equations(src - src_mean, dst - dst_mean, weights)  # Bx2x2
+    linear_t, valid = _solve_centred_normal_equations(src - src_mean, dst - dst_mean, weights)
     linear = tf.transpose(linear_t, [0, 2, 1])
     shift = dst_mean[:, 0] - tf.linalg.matvec(linear, src_mean[:, 0])
     theta = tf.concat([linear, shift[..., None]], axis=-1)
