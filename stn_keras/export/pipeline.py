@@ -103,9 +103,7 @@ def export(
         )
     files.check_target(path, force, kind=fmt.kind)
     specs = validation.input_specs(
-        model,
-        dynamic_sizes=fmt.name != "litert",
-        format="LiteRT" if fmt.name == "litert" else fmt.name,
+        model, dynamic_sizes=fmt.dynamic_sizes, format=fmt.title or fmt.name
     )
     plan = _prepare_function(fmt)(model, specs, chosen, **options)
     report = None

@@ -24,6 +24,8 @@ class Format:
         default_target: the target when none is given.
         options: the format's own keyword options (beyond those every format takes).
         suffix: the ending the path must have (the LiteRT converter checks it), or `None`.
+        dynamic_sizes: whether inputs may keep sizes other than the batch unknown.
+        title: the format's name in messages.
     """
 
     name: str
@@ -34,6 +36,8 @@ class Format:
     default_target: str
     options: tuple = ()
     suffix: str | None = None
+    dynamic_sizes: bool = True
+    title: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +107,8 @@ FORMATS = {
             "stn_keras.export.litert:prepare",
             "litert",
             suffix=".tflite",
+            dynamic_sizes=False,
+            title="LiteRT",
         ),
     )
 }
@@ -134,7 +140,6 @@ TARGETS = {
             "onnxruntime-web's WebAssembly backend (WebGL has no GridSample)",
             _ONNX,
             "onnxruntime",
-            max_opset=19,
             caveat="the same kernels as onnxruntime-web's wasm backend",
         ),
         Target(

@@ -91,6 +91,9 @@ def test_cli_failed_validation_exits_nonzero_and_writes_nothing(
         ("--opset", "-1"),
         ("--opset", "99"),
         ("--opset", "eighteen"),
+        ("--target", "tensorflow"),
+        ("--target", "0"),
+        ("--target", "litert-gpu"),  # a target of another format
     ],
 )
 def test_cli_a_bad_flag_is_a_one_line_usage_error_naming_it(
@@ -102,6 +105,19 @@ def test_cli_a_bad_flag_is_a_one_line_usage_error_naming_it(
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and f"argument {flag}" in lines[0], lines
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_target_refuses_an_opset_it_misreads_as_a_usage_error(model_file, tmp_path, capsys):
+    argv = ["onnx-native", str(model_file), str(tmp_path / "m.onnx"), "--target", "tensorrt"]
+    with pytest.raises(SystemExit) as exit_info:
+        export.main([*argv, "--opset", "20"])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "argument --opset" in lines[0] and "TensorRT" in lines[0], lines
+    assert list(tmp_path.iterdir()) == []
+    assert export.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "PASS" in out and "for tensorrt" in out and "opset 19" in out
 
 
 @pytest.fixture(scope="module")
