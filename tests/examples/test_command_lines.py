@@ -3,7 +3,7 @@ flag, exit status 2, nothing written), and no example writes into what it did no
 
 import pytest
 
-from examples import distorted_digits, multiworker, outputs, quickstart, register
+from examples import distorted_digits, multiworker, outputs, quickstart, rectify, register
 from examples.arguments import integer
 from examples.web import __main__ as web
 
@@ -19,6 +19,7 @@ MAINS = {
     "quickstart": quickstart.main,
     "multiworker": multiworker.main,
     "web": _web,
+    "rectify": rectify.main,
 }
 
 BAD_FLAGS = [
@@ -48,6 +49,12 @@ BAD_FLAGS = [
     ("multiworker", "--max-train", "0"),
     ("multiworker", "--seed", "-1"),
     ("multiworker", "--cluster-timeout", "0"),
+    ("rectify", "--train-strips", "0"),
+    ("rectify", "--train-strips", "-1"),
+    ("rectify", "--test-strips", "0"),
+    ("rectify", "--epochs", "0"),
+    ("rectify", "--epochs", "many"),
+    ("rectify", "--seed", "-1"),
     ("web", "--samples", "0"),
     ("web", "--samples", "-1"),
     ("web", "--samples", "many"),
