@@ -2,7 +2,6 @@
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from stn_keras.ops.grids import affine_grid
 from stn_keras.ops.sampling import grid_sample
@@ -32,8 +31,8 @@ class ResizeVolume(keras.layers.Layer):
         self.size = tuple(int(n) for n in size)
 
     def call(self, volumes):
-        identity = tf.constant(np.eye(3, 4), volumes.dtype)
-        theta = tf.tile(identity[None], [tf.shape(volumes)[0], 1, 1])  # Bx3x4
+        identity = keras.ops.convert_to_tensor(np.eye(3, 4)[None], volumes.dtype)
+        theta = keras.ops.tile(identity, [keras.ops.shape(volumes)[0], 1, 1])  # Bx3x4
         return grid_sample(volumes, affine_grid(theta, self.size))
 
     def compute_output_shape(self, input_shape):

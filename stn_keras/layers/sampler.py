@@ -1,12 +1,19 @@
 """`TransformSampler`: the lower-level layer that warps images with given transform parameters."""
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from stn_keras.ops import coordinates
 from stn_keras.ops.sampling import INTERPOLATIONS, grid_sample
 from stn_keras.ops.transforms import get_transform
-from stn_keras.ops.validation import check_bool, check_choice, check_size
+from stn_keras.ops.validation import (
+    check_bool,
+    check_choice,
+    check_size,
+    fits,
+    shape_text,
+    static_shape,
+)
 
 
 def check_output_size(output_size):
@@ -22,13 +29,13 @@ def spatial_dims_of(images_shape, layer):
     Raises:
         ValueError: naming `layer` and the shape, for any other rank.
     """
-    shape = tf.TensorShape(images_shape)
-    if shape.rank not in (4, 5):
+    shape = static_shape(images_shape)
+    if shape is None or len(shape) not in (4, 5):
         raise ValueError(
             f"Input to `{layer}` must be images of shape (B, H, W, C) or volumes of shape "
-            f"(B, D, H, W, C). Received: inputs.shape={shape}"
+            f"(B, D, H, W, C). Received: inputs.shape={shape_text(images_shape)}"
         )
-    return shape.rank - 2
+    return len(shape) - 2
 
 
 def make_transform(transform, transform_options, spatial_dims=2):
@@ -139,8 +146,7 @@ class TransformSampler(keras.layers.Layer):
         that does not fit."""
         try:
             images_shape, params_shape = input_shape
-            images_shape = tf.TensorShape(images_shape)
-            params_shape = tf.TensorShape(params_shape)
+            images_shape, params_shape = static_shape(images_shape), static_shape(params_shape)
         except (TypeError, ValueError):
             raise ValueError(
                 "`TransformSampler` expects a list of two inputs "
@@ -149,16 +155,16 @@ class TransformSampler(keras.layers.Layer):
             ) from None
         spatial = spatial_dims_of(images_shape, "TransformSampler")
         family = self.family_for(spatial)
-        if params_shape.rank != 2 or params_shape[-1] not in (family.num_params, None):
+        if not fits(params_shape, (None, family.num_params)):
             raise ValueError(
                 f"Input `params` must have shape (B, {family.num_params}) for the "
-                f"{self.transform!r} transform of images of shape {images_shape}. "
-                f"Received: params.shape={params_shape}"
+                f"{self.transform!r} transform of images of shape {shape_text(images_shape)}. "
+                f"Received: params.shape={shape_text(params_shape)}"
             )
         if self.output_size is not None and len(self.output_size) != spatial:
             raise ValueError(
-                f"`output_size` must hold {spatial} sizes for inputs of shape {images_shape}. "
-                f"Received: output_size={self.output_size}"
+                f"`output_size` must hold {spatial} sizes for inputs of shape "
+                f"{shape_text(images_shape)}. Received: output_size={self.output_size}"
             )
         return images_shape, params_shape, family
 
@@ -168,8 +174,8 @@ class TransformSampler(keras.layers.Layer):
     def call(self, inputs):
         images, params = inputs
         _, _, family = self._check_shapes([images.shape, params.shape])
-        images = tf.cast(images, self.compute_dtype)
-        params = tf.cast(params, self.variable_dtype)
+        images = ops.cast(images, self.compute_dtype)
+        params = ops.cast(params, self.variable_dtype)
         spatial = family.spatial_dims
         size = self.output_size or tuple(coordinates.dim(images, 1 + a) for a in range(spatial))
         grid = family.grid(params, size, align_corners=self.align_corners)
@@ -183,7 +189,7 @@ class TransformSampler(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         images_shape, _, _ = self._check_shapes(input_shape)
-        batch, *size, channels = images_shape.as_list()
+        batch, *size, channels = images_shape
         return (batch, *(self.output_size or size), channels)
 
     def get_config(self):

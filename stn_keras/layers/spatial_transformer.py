@@ -3,11 +3,10 @@
 import numbers
 
 import keras
-import tensorflow as tf
 
 from stn_keras.layers.localization import default_localization
 from stn_keras.layers.sampler import TransformSampler, spatial_dims_of
-from stn_keras.ops.validation import check_bool
+from stn_keras.ops.validation import check_bool, static_shape
 
 
 def scale_gradient(x, scale):
@@ -15,7 +14,7 @@ def scale_gradient(x, scale):
     if scale == 1.0:
         return x
     # stop_gradient(x) + scale * (x - stop_gradient(x)) is exactly x, with gradient `scale`.
-    stopped = tf.stop_gradient(x)
+    stopped = keras.ops.stop_gradient(x)
     return stopped + scale * (x - stopped)
 
 
@@ -140,22 +139,21 @@ class SpatialTransformer(keras.layers.Layer):
         return self.sampler.num_params
 
     def _check_input_shape(self, input_shape):
-        shape = tf.TensorShape(input_shape)
-        spatial_dims_of(shape, "SpatialTransformer")
-        return shape
+        spatial_dims_of(input_shape, "SpatialTransformer")
+        return static_shape(input_shape)
 
     def build(self, input_shape):
         shape = self._check_input_shape(input_shape)
-        family = self.sampler.family_for(shape.rank - 2)  # the volume family for volumes
+        family = self.sampler.family_for(len(shape) - 2)  # the volume family for volumes
         if self.localization is None:
             self.localization = default_localization(
-                dtype=self.dtype_policy, spatial_dims=shape.rank - 2
+                dtype=self.dtype_policy, spatial_dims=len(shape) - 2
             )
         if not self.localization.built:
-            self.localization.build(tuple(shape.as_list()))
+            self.localization.build(shape)
         # A symbolic call rather than `compute_output_shape`, which custom layers may not define.
         features_shape = self.localization.compute_output_spec(
-            keras.KerasTensor(tuple(shape.as_list()), dtype=self.compute_dtype)
+            keras.KerasTensor(shape, dtype=self.compute_dtype)
         ).shape
         self.flatten = keras.layers.Flatten(dtype=self.dtype_policy, name="flatten")
         flat_shape = self.flatten.compute_output_shape(features_shape)
@@ -175,7 +173,7 @@ class SpatialTransformer(keras.layers.Layer):
             name="regression",
         )
         self.regression.build(flat_shape)
-        self.sampler.build([tuple(shape.as_list()), (shape[0], family.num_params)])
+        self.sampler.build([shape, (shape[0], family.num_params)])
 
     def call(self, inputs):
         self._check_input_shape(inputs.shape)
@@ -188,7 +186,7 @@ class SpatialTransformer(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         shape = self._check_input_shape(input_shape)
-        num_params = self.sampler.family_for(shape.rank - 2).num_params
+        num_params = self.sampler.family_for(len(shape) - 2).num_params
         outputs = self.sampler.compute_output_shape([shape, (shape[0], num_params)])
         if self.return_transform:
             return outputs, (shape[0], num_params)

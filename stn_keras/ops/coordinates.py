@@ -16,7 +16,9 @@ Everything else in the package (grid generators, the sampler, the layers, the ex
 functions here rather than restating the formulas.
 """
 
+import keras
 import tensorflow as tf
+from keras import ops
 
 PADDING_MODES = ("zeros", "border", "reflection")
 
@@ -25,16 +27,22 @@ PADDING_MODES = ("zeros", "border", "reflection")
 COORD_LIMIT = 1e6
 
 
-def compute_dtype(*dtypes):
+def compute_dtype_name(*dtypes):
     """The floating dtype coordinate arithmetic runs in: at least float32, float64 if any input is.
 
     Args:
-        *dtypes: `tf.DType`s of the tensors taking part.
+        *dtypes: the dtypes of the tensors taking part, of any backend (or their names).
 
     Returns:
-        `tf.float64` if any of `dtypes` is float64, else `tf.float32`.
+        `"float64"` if any of `dtypes` is float64, else `"float32"`.
     """
-    return tf.float64 if any(tf.as_dtype(d) == tf.float64 for d in dtypes) else tf.float32
+    wide = any(keras.backend.standardize_dtype(d) == "float64" for d in dtypes)
+    return "float64" if wide else "float32"
+
+
+def compute_dtype(*dtypes):
+    """`compute_dtype_name` as a `tf.DType`, for the TensorFlow code."""
+    return tf.as_dtype(compute_dtype_name(*dtypes))
 
 
 def dim(x, axis):
@@ -91,7 +99,7 @@ def unnormalize(coord, size, align_corners):
     Returns:
         Pixel coordinates of the same shape and dtype: 0 is the centre of the first pixel.
     """
-    n = tf.cast(size, coord.dtype)
+    n = ops.cast(size, coord.dtype)
     if align_corners:
         return (coord + 1.0) / 2.0 * (n - 1.0)
     return ((coord + 1.0) * n - 1.0) / 2.0
@@ -106,20 +114,20 @@ def _reflect(coord, twice_low, twice_high):
     """
     low = twice_low / 2.0
     span = (twice_high - twice_low) / 2.0
-    safe_span = tf.maximum(span, 1.0)  # only used where span > 0
+    safe_span = ops.maximum(span, 1.0)  # only used where span > 0
     shifted = coord - low
-    dist = tf.abs(shifted)
-    extra = tf.math.floormod(dist, safe_span)
-    flips = tf.floor(dist / safe_span)
-    even = tf.equal(tf.math.floormod(flips, 2.0), 0.0)
-    reflected = tf.where(even, extra + low, safe_span - extra + low)
+    dist = ops.abs(shifted)
+    extra = ops.mod(dist, safe_span)
+    flips = ops.floor(dist / safe_span)
+    even = ops.equal(ops.mod(flips, 2.0), 0.0)
+    reflected = ops.where(even, extra + low, safe_span - extra + low)
     # PyTorch's sign: -1 below `low` (not at it), flipped again by every odd fold.
-    sign = tf.where(shifted < 0.0, -tf.ones_like(coord), tf.ones_like(coord))
-    direction = tf.where(even, sign, -sign)
+    sign = ops.where(shifted < 0.0, -ops.ones_like(coord), ops.ones_like(coord))
+    direction = ops.where(even, sign, -sign)
     degenerate = span <= 0.0
     # A scalar 0, not `zeros_like`: exported graphs then need no ZerosLike (LiteRT's GPU delegate).
-    zero = tf.constant(0.0, coord.dtype)
-    return tf.where(degenerate, zero, reflected), tf.where(degenerate, zero, direction)
+    zero = ops.convert_to_tensor(0.0, coord.dtype)
+    return ops.where(degenerate, zero, reflected), ops.where(degenerate, zero, direction)
 
 
 def _clip(coord, n):
@@ -129,8 +137,8 @@ def _clip(coord, n):
     gradient there is 0, not the one-sided derivative.
     """
     last = n - 1.0
-    slope = tf.cast((coord > 0.0) & (coord < last), coord.dtype)
-    return tf.clip_by_value(coord, 0.0, last), slope
+    slope = ops.cast((coord > 0.0) & (coord < last), coord.dtype)
+    return ops.clip(coord, 0.0, last), slope
 
 
 def padding_with_slope(coord, size, padding_mode, align_corners):
@@ -150,9 +158,9 @@ def padding_with_slope(coord, size, padding_mode, align_corners):
         (+-1) times the clip's 0/1 after folding.
     """
     if padding_mode == "zeros":
-        return coord, tf.ones_like(coord)
-    n = tf.cast(size, coord.dtype)
-    direction = tf.ones_like(coord)
+        return coord, ops.ones_like(coord)
+    n = ops.cast(size, coord.dtype)
+    direction = ops.ones_like(coord)
     if padding_mode == "reflection":
         if align_corners:
             coord, direction = _reflect(coord, 0.0, 2.0 * (n - 1.0))

@@ -16,7 +16,7 @@ gradients, its handling of non-finite values, XLA support and exports.
 
 import tensorflow as tf
 
-from stn_keras.ops import coordinates
+from stn_keras.ops import backend, coordinates
 from stn_keras.ops.grids import affine_grid
 from stn_keras.ops.sampling import grid_sample
 from stn_keras.ops.validation import check_choice, check_int
@@ -110,6 +110,7 @@ def _flow_to_grid(flow, indexing):
     return tf.reduce_sum(terms, axis=-1)
 
 
+@backend.tensorflow_only
 def warp(images, flow, interpolation="bilinear", padding_mode="zeros", indexing="ij"):
     """Warp `images` by a dense displacement field: `out[p] = images[p + flow[p]]`, in pixel units.
 
@@ -152,6 +153,7 @@ def _warp(images, flow, interpolation, padding_mode, indexing):
     return grid_sample(images, grid, interpolation, padding_mode, align_corners=False)
 
 
+@backend.tensorflow_only
 def integrate_velocity(velocity, steps=7, indexing="ij", padding_mode="border"):
     """Integrate a stationary velocity field by scaling and squaring, as VoxelMorph's `VecInt`.
 
@@ -190,6 +192,7 @@ def integrate_velocity(velocity, steps=7, indexing="ij", padding_mode="border"):
     return flow
 
 
+@backend.tensorflow_only
 def compose_flows(first, second, indexing="ij"):
     """The field that moves pixels as `first` and then `second` do.
 
@@ -214,6 +217,7 @@ def compose_flows(first, second, indexing="ij"):
     return second + _warp(first, second, "bilinear", "border", indexing)
 
 
+@backend.tensorflow_only
 def resize_flow(flow, size, interpolation="bilinear"):
     """A displacement field resampled to another spatial size, its vectors rescaled to the new pixels.
 
@@ -243,6 +247,7 @@ def resize_flow(flow, size, interpolation="bilinear"):
     return resized * (new / old)
 
 
+@backend.tensorflow_only
 def affine_to_flow(theta, size, align_corners=False, indexing="ij"):
     """The dense displacement field of an affine transform: `warp` by it is `grid_sample` of its grid.
 
@@ -272,6 +277,7 @@ def affine_to_flow(theta, size, align_corners=False, indexing="ij"):
     return _from_xy(pixels - coordinates.unnormalize(base, sizes, align_corners), indexing)
 
 
+@backend.tensorflow_only
 def jacobian_determinant(flow, indexing="ij"):
     """The determinant of the Jacobian of `p -> p + flow[p]` at every pixel: where it is <= 0 the
     deformation folds.

@@ -17,7 +17,7 @@ degenerate sample's transform is the identity, never NaN.
 import numpy as np
 import tensorflow as tf
 
-from stn_keras.ops import coordinates, grids
+from stn_keras.ops import backend, coordinates, grids
 
 # A system whose smallest scale falls below this fraction of its largest has no unique solution.
 _RELATIVE_TOLERANCE = 1e-9
@@ -61,6 +61,7 @@ def _finish(transform, valid, identity, dtype, return_valid, name):
     return (out, valid) if return_valid else out
 
 
+@backend.tensorflow_only
 def estimate_similarity(src, dst, weights=None, return_valid=False):
     """The least-squares similarity (rotation, isotropic scale, translation) mapping `src` onto `dst`.
 
@@ -113,6 +114,7 @@ def _solve_centred_normal_equations(design, targets, weights):
     return tf.linalg.matmul(inverse, moment), valid
 
 
+@backend.tensorflow_only
 def estimate_affine(src, dst, weights=None, return_valid=False):
     """The least-squares affine map taking `src` onto `dst` (6 parameters).
 
@@ -159,6 +161,7 @@ def _apply(matrix, points):
     return tf.linalg.matmul(points, matrix[:, :2, :2], transpose_b=True) + matrix[:, None, :2, 2]
 
 
+@backend.tensorflow_only
 def estimate_homography(src, dst, weights=None, return_valid=False):
     """The homography taking `src` onto `dst` by the normalised direct linear transform (DLT).
 

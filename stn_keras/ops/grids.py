@@ -6,10 +6,21 @@ The grid convention (last axis `(x, y)`, normalised to [-1, 1], `align_corners`)
 `stn_keras.ops.tps`.
 """
 
+import numpy as np
 import tensorflow as tf
+from keras import ops
 
-from stn_keras.ops import coordinates, portable, recording
-from stn_keras.ops.validation import SIZE_LAYOUTS, check_bool, check_size
+from stn_keras.ops import backend, coordinates, portable, recording
+from stn_keras.ops.validation import (
+    SIZE_LAYOUTS,
+    as_tensor,
+    check_bool,
+    check_size,
+    dtype_name,
+    fits,
+    is_floating,
+    shape_text,
+)
 
 # The projective division x' / w is guarded by keeping |w| >= this, with w's sign (w == 0 counts
 # as positive). A point with |w| below it lies near the homography's horizon: its true position is
@@ -33,16 +44,15 @@ def check_params(x, name, trailing, layout):
     Raises:
         ValueError: naming the argument, the expected layout and the shape or dtype received.
     """
-    x = tf.convert_to_tensor(x)
-    shape = tf.TensorShape(x.shape)
+    x = as_tensor(x)
     # Unknown dimensions (traced with a dynamic signature) are accepted; known wrong ones are not.
-    if not shape.is_compatible_with((None, *trailing)):
+    if not fits(x, (None, *trailing)):
         raise ValueError(
-            f"Argument `{name}` must have shape {layout}. Received: {name}.shape={shape}"
+            f"Argument `{name}` must have shape {layout}. Received: {name}.shape={shape_text(x)}"
         )
-    if not x.dtype.is_floating:
+    if not is_floating(x):
         raise ValueError(
-            f"Argument `{name}` must be floating. Received: {name}.dtype={x.dtype.name}"
+            f"Argument `{name}` must be floating. Received: {name}.dtype={dtype_name(x)}"
         )
     return x
 
@@ -208,23 +218,23 @@ def spatial_dims(params, name, layouts, size):
             and `size` has no accepted number of entries. A size whose length is unknown too stands
             for an image's.
     """
-    shape = tf.TensorShape(params.shape)
-    fits = [n for n, trailing in layouts.items() if shape.is_compatible_with((None, *trailing))]
-    if not fits:
+    matches = [n for n, trailing in layouts.items() if fits(params, (None, *trailing))]
+    if not matches:
         expected = " or ".join(f"(B, {', '.join(map(str, t))})" for t in layouts.values())
         raise ValueError(
-            f"Argument `{name}` must have shape {expected}. Received: {name}.shape={shape}"
+            f"Argument `{name}` must have shape {expected}. "
+            f"Received: {name}.shape={shape_text(params)}"
         )
-    if len(fits) > 1:  # unknown trailing sizes: the output size decides, images when it cannot
+    if len(matches) > 1:  # unknown trailing sizes: the output size decides, images when it cannot
         if isinstance(size, tf.Tensor | tf.Variable):
             length = size.shape[0] if size.shape.rank == 1 else -1
         else:
-            length = len(check_size(size, dims=tuple(fits)))
-        if length is not None and length not in fits:
-            check_size(size, dims=tuple(fits))  # raises, naming `size`
-        return fits[0] if length is None else length
-    _check_size_fits(params, name, layouts, size, fits[0])
-    return fits[0]
+            length = len(check_size(size, dims=tuple(matches)))
+        if length is not None and length not in matches:
+            check_size(size, dims=tuple(matches))  # raises, naming `size`
+        return matches[0] if length is None else length
+    _check_size_fits(params, name, layouts, size, matches[0])
+    return matches[0]
 
 
 def _check_size_fits(params, name, layouts, size, spatial):
@@ -235,9 +245,9 @@ def _check_size_fits(params, name, layouts, size, spatial):
         what = {2: "an image", 3: "a volume"}
         raise ValueError(
             f"Arguments `{name}` and `size` describe different ranks: `{name}` of shape "
-            f"{tf.TensorShape(params.shape)} transforms {what[spatial]}, which takes a size "
+            f"{shape_text(params)} transforms {what[spatial]}, which takes a size "
             f"{SIZE_LAYOUTS[spatial]}, but `size` has {len(size)} entries ({what[len(size)]}'s "
-            f"{SIZE_LAYOUTS[len(size)]}). Received: {name}.shape={tf.TensorShape(params.shape)}, "
+            f"{SIZE_LAYOUTS[len(size)]}). Received: {name}.shape={shape_text(params)}, "
             f"size={size!r}"
         )
 
@@ -275,13 +285,16 @@ def affine_grid(theta, size, align_corners=False):
         >>> affine_grid(theta, (4, 2, 3)).shape
         TensorShape([1, 4, 2, 3, 3])
     """
-    theta = tf.convert_to_tensor(theta)
+    theta = as_tensor(theta)
     spatial = spatial_dims(theta, "theta", {2: (2, 3), 3: (3, 4)}, size)
     theta = check_params(theta, "theta", (spatial, spatial + 1), f"(B, {spatial}, {spatial + 1})")
-    if not theta.shape[1:].is_fully_defined():  # traced without its shape: give it the layout
-        theta = tf.reshape(theta, [-1, spatial, spatial + 1])
     size = check_size(size, dims=(spatial,))
     check_bool("align_corners", align_corners)
+    kernels = backend.kernels()
+    if kernels is not None:  # JAX or PyTorch: the backend's kernel
+        return kernels.affine_grid(theta, tuple(int(n) for n in size), align_corners)
+    if not theta.shape[1:].is_fully_defined():  # traced without its shape: give it the layout
+        theta = tf.reshape(theta, [-1, spatial, spatial + 1])
     # The scope and the marked theta and grid tell the ONNX exporter an AffineGrid (`recording`).
     with tf.name_scope(recording.affine_grid_scope(align_corners)):
         theta = recording.mark(theta, "theta")
@@ -319,9 +332,11 @@ def attention_grid(params, size, align_corners=False):
         >>> attention_grid(params, (4, 4)).shape
         TensorShape([1, 4, 4, 2])
     """
-    params = tf.convert_to_tensor(params)
+    params = as_tensor(params)
     spatial = spatial_dims(params, "params", {2: (3,), 3: (4,)}, size)
     params = check_params(params, "params", (spatial + 1,), f"(B, {spatial + 1})")
+    if backend.kernels() is not None:  # JAX or PyTorch: the same map as an affine theta
+        return affine_grid(_attention_theta(params, spatial), size, align_corners=align_corners)
     dtype = coordinates.compute_dtype(params.dtype)
     positions = output_positions(size, align_corners, dtype, dims=(spatial,))[..., :spatial]
     expand = (slice(None),) + (None,) * spatial  # B x (1,) * N
@@ -330,6 +345,14 @@ def attention_grid(params, size, align_corners=False):
     return tf.cast(scale * positions + shift, params.dtype)  # B x size x N
 
 
+def _attention_theta(params, spatial):
+    """The affine theta `(B, N, N + 1)` of attention parameters `(B, N + 1)`: `s I | t`."""
+    eye = ops.convert_to_tensor(np.eye(spatial), params.dtype)
+    linear = params[:, :1, None] * eye  # BxNxN
+    return ops.concatenate([linear, params[:, 1:, None]], axis=-1)
+
+
+@backend.tensorflow_only
 def projective_grid(homography, size, align_corners=False):
     """Sampling grid of a batch of 2-D projective transforms (homographies).
 

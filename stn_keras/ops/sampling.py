@@ -26,9 +26,20 @@ import math
 import operator
 
 import tensorflow as tf
+from keras import ops
 
-from stn_keras.ops import coordinates, portable, recording
-from stn_keras.ops.validation import check_bool, check_choice, check_rank, check_same_batch
+from stn_keras.ops import backend, coordinates, portable, recording
+from stn_keras.ops.validation import (
+    as_tensor,
+    check_bool,
+    check_choice,
+    check_rank,
+    check_same_batch,
+    dtype_name,
+    is_floating,
+    shape_text,
+    static_shape,
+)
 
 INTERPOLATIONS = ("bilinear", "nearest", "bicubic")
 
@@ -38,14 +49,14 @@ _CUBIC_A = -0.75
 
 def _nearest_taps(pixel):
     """One tap at the nearest pixel, ties to even (PyTorch's `nearbyint`), with a constant weight."""
-    return [tf.round(pixel)], [tf.ones_like(pixel)], [tf.zeros_like(pixel)]
+    return [ops.round(pixel)], [ops.ones_like(pixel)], [ops.zeros_like(pixel)]
 
 
 def _bilinear_taps(pixel):
     """Two taps, floor and floor + 1, with linear weights."""
-    left = tf.floor(pixel)
+    left = ops.floor(pixel)
     frac = pixel - left
-    one = tf.ones_like(pixel)
+    one = ops.ones_like(pixel)
     return [left, left + 1.0], [1.0 - frac, frac], [-one, one]
 
 
@@ -75,7 +86,7 @@ def _cubic_slopes(t):
 
 def _bicubic_taps(pixel):
     """Four taps, floor - 1 .. floor + 2, with cubic convolution weights."""
-    left = tf.floor(pixel)
+    left = ops.floor(pixel)
     frac = pixel - left
     return [left + float(k) for k in (-1, 0, 1, 2)], _cubic_weights(frac), _cubic_slopes(frac)
 
@@ -90,7 +101,7 @@ _KERNELS = {
 }
 
 
-def _axis_taps(pixel, size, kernel, pad_taps, padding_mode, align_corners, index_dtype=tf.int64):
+def _axis_taps(pixel, size, kernel, pad_taps, padding_mode, align_corners, index_dtype="int64"):
     """Tap indices, weights, weight slopes and validity along one axis.
 
     Args:
@@ -98,7 +109,7 @@ def _axis_taps(pixel, size, kernel, pad_taps, padding_mode, align_corners, index
         size: number of input pixels along the axis.
         kernel, pad_taps: an entry of `_KERNELS`.
         padding_mode, align_corners: as in `grid_sample`.
-        index_dtype: the indices' integer dtype. Defaults to `tf.int64`.
+        index_dtype: the indices' integer dtype. Defaults to `"int64"`.
 
     Returns:
         `(indices, weights, slopes, inside)`, lists of T tensors `(B, H_out, W_out)`: integer tap
@@ -109,15 +120,17 @@ def _axis_taps(pixel, size, kernel, pad_taps, padding_mode, align_corners, index
     """
     positions, weights, slopes = kernel(pixel)
     if pad_taps:
+        # The padded positions become integer indices, which carry no gradient.
         positions = [
-            coordinates.apply_padding(p, size, padding_mode, align_corners) for p in positions
+            coordinates.padding_with_slope(p, size, padding_mode, align_corners)[0]
+            for p in positions
         ]
-    last = tf.cast(size, pixel.dtype) - 1.0
+    last = ops.cast(size, pixel.dtype) - 1.0
+    zero = ops.convert_to_tensor(0.0, pixel.dtype)  # a scalar: exported graphs need no ZerosLike
     indices, inside = [], []
     for position in positions:
         within = (position >= 0.0) & (position <= last)
-        parked = tf.where(within, position, tf.zeros((), position.dtype))  # scalar: no ZerosLike
-        indices.append(tf.cast(parked, index_dtype))
+        indices.append(ops.cast(ops.where(within, position, zero), index_dtype))
         inside.append(within)
     return indices, weights, slopes, inside
 
@@ -266,6 +279,11 @@ def grid_sample(images, grid, interpolation="bilinear", padding_mode="zeros", al
     check_choice("interpolation", interpolation, INTERPOLATIONS)
     check_choice("padding_mode", padding_mode, coordinates.PADDING_MODES)
     check_bool("align_corners", align_corners)
+    kernels = backend.kernels()
+    if kernels is not None:  # JAX or PyTorch: the backend's kernel
+        images, grid = as_tensor(images), as_tensor(grid)
+        _check_arguments(images, grid, interpolation)
+        return kernels.grid_sample(images, grid, interpolation, padding_mode, align_corners)
     # The scope and the marked boundary tell the exporters the sampler and its mode (`recording`).
     with tf.name_scope(recording.sampler_scope(interpolation, padding_mode, align_corners)):
         return _grid_sample(images, grid, interpolation, padding_mode, align_corners)
@@ -284,11 +302,12 @@ def _check_arguments(images, grid, interpolation):
     Returns:
         The number of spatial axes, 2 or 3.
     """
-    rank = tf.TensorShape(images.shape).rank
+    shape = static_shape(images)
+    rank = None if shape is None else len(shape)
     if rank not in _LAYOUTS:
         raise ValueError(
             "Argument `images` must be a rank-4 tensor of shape (B, H, W, C) or a rank-5 tensor of "
-            f"shape (B, D, H, W, C). Received: images.shape={tf.TensorShape(images.shape)}"
+            f"shape (B, D, H, W, C). Received: images.shape={shape_text(images)}"
         )
     images_layout, grid_layout = _LAYOUTS[rank]
     spatial = rank - 2
@@ -297,19 +316,19 @@ def _check_arguments(images, grid, interpolation):
         coords = ("x", "y", "z")[:spatial]
         raise ValueError(
             f"Argument `grid` must have a last axis of size {spatial} holding ({', '.join(coords)}) "
-            f"for images {images_layout}. Received: grid.shape={tf.TensorShape(grid.shape)}, "
-            f"images.shape={tf.TensorShape(images.shape)}"
+            f"for images {images_layout}. Received: grid.shape={shape_text(grid)}, "
+            f"images.shape={shape_text(images)}"
         )
-    if not images.dtype.is_floating or not grid.dtype.is_floating:
+    if not is_floating(images) or not is_floating(grid):
         raise ValueError(
             "Arguments `images` and `grid` must be floating. "
-            f"Received: images.dtype={images.dtype.name}, grid.dtype={grid.dtype.name}"
+            f"Received: images.dtype={dtype_name(images)}, grid.dtype={dtype_name(grid)}"
         )
     if interpolation == "bicubic" and spatial == 3:
         raise ValueError(
             "Bicubic interpolation samples images only (as in PyTorch and ONNX); volumes take "
             "`interpolation='bilinear'` (trilinear) or `'nearest'`. "
-            f"Received: images.shape={tf.TensorShape(images.shape)}"
+            f"Received: images.shape={shape_text(images)}"
         )
     check_same_batch(images, "images", grid, "grid")
     return spatial

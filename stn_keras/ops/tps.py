@@ -23,7 +23,7 @@ import functools
 import numpy as np
 import tensorflow as tf
 
-from stn_keras.ops import coordinates, grids
+from stn_keras.ops import backend, coordinates, grids
 from stn_keras.ops.validation import check_int
 
 
@@ -231,6 +231,7 @@ def _cached_spline(control_points):
     return ThinPlateSpline(control_points)
 
 
+@backend.tensorflow_only
 def tps_grid(targets, size, align_corners=False):
     """Sampling grid of a batch of thin-plate splines on a regular K x K lattice of control points.
 
@@ -330,6 +331,7 @@ def _grid_in_graph(sources, targets, size, regularization, align_corners):
     return tf.reshape(grid, shape)
 
 
+@backend.tensorflow_only
 def tps_grid_from_points(
     source_points, target_points, size, regularization=0.0, align_corners=False
 ):

@@ -13,9 +13,16 @@ from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
+from keras import ops
 
-from stn_keras.ops import grids, tps
-from stn_keras.ops.validation import check_choice, check_int
+from stn_keras.ops import backend, grids, tps
+from stn_keras.ops.validation import (
+    as_tensor,
+    check_choice,
+    check_int,
+    shape_text,
+    static_shape,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,11 +52,12 @@ class Transform:
 
     def grid(self, params, size, align_corners=False):
         """Sampling grid of flat parameters `params` `(B, P)` (see `grid_fn`)."""
-        params = tf.convert_to_tensor(params)
-        if params.shape.rank != 2 or params.shape[-1] not in (self.num_params, None):
+        params = as_tensor(params)
+        shape = static_shape(params)
+        if shape is None or len(shape) != 2 or shape[-1] not in (self.num_params, None):
             raise ValueError(
                 f"The {self.name!r} transform takes parameters of shape (B, {self.num_params}). "
-                f"Received: params.shape={params.shape}"
+                f"Received: params.shape={shape_text(params)}"
             )
         return self.grid_fn(params, size, align_corners)
 
@@ -59,7 +67,7 @@ def _attention(spatial_dims):
     identity = np.array([1.0] + [0.0] * spatial_dims)
 
     def grid_fn(params, size, align_corners):
-        params = tf.reshape(params, [-1, spatial_dims + 1])  # Bx(N+1)
+        params = ops.reshape(params, [-1, spatial_dims + 1])  # Bx(N+1)
         return grids.attention_grid(params, size, align_corners=align_corners)
 
     return Transform("attention", identity, grid_fn, spatial_dims=spatial_dims)
@@ -71,7 +79,7 @@ def _affine(spatial_dims):
     identity = np.eye(spatial_dims, spatial_dims + 1).reshape(-1)
 
     def grid_fn(params, size, align_corners):
-        theta = tf.reshape(params, [-1, spatial_dims, spatial_dims + 1])  # BxNx(N+1)
+        theta = ops.reshape(params, [-1, spatial_dims, spatial_dims + 1])  # BxNx(N+1)
         return grids.affine_grid(theta, size, align_corners=align_corners)
 
     return Transform("affine", identity, grid_fn, spatial_dims=spatial_dims)
@@ -96,8 +104,8 @@ def _similarity(spatial_dims):
     identity = np.array([1.0, 0.0, 0.0, 0.0])
 
     def grid_fn(params, size, align_corners):
-        a, b, t_x, t_y = tf.unstack(tf.reshape(params, [-1, 4]), axis=-1)
-        theta = tf.reshape(tf.stack([a, -b, t_x, b, a, t_y], axis=-1), [-1, 2, 3])
+        a, b, t_x, t_y = ops.unstack(ops.reshape(params, [-1, 4]), axis=-1)
+        theta = ops.reshape(ops.stack([a, -b, t_x, b, a, t_y], axis=-1), [-1, 2, 3])
         return grids.affine_grid(theta, size, align_corners=align_corners)
 
     return Transform("similarity", identity, grid_fn)
@@ -108,9 +116,9 @@ def _rigid(spatial_dims):
     identity = np.zeros(3)
 
     def grid_fn(params, size, align_corners):
-        angle, t_x, t_y = tf.unstack(tf.reshape(params, [-1, 3]), axis=-1)
-        cos, sin = tf.cos(angle), tf.sin(angle)
-        theta = tf.reshape(tf.stack([cos, -sin, t_x, sin, cos, t_y], axis=-1), [-1, 2, 3])
+        angle, t_x, t_y = ops.unstack(ops.reshape(params, [-1, 3]), axis=-1)
+        cos, sin = ops.cos(angle), ops.sin(angle)
+        theta = ops.reshape(ops.stack([cos, -sin, t_x, sin, cos, t_y], axis=-1), [-1, 2, 3])
         return grids.affine_grid(theta, size, align_corners=align_corners)
 
     return Transform("rigid", identity, grid_fn)
@@ -140,6 +148,7 @@ def _tps(spatial_dims, control_points=4):
     k = spline.num_points
 
     def grid_fn(params, size, align_corners):
+        backend.require_tensorflow("The 'tps' transform")
         return tps.PointSpline.grid(spline, tf.reshape(params, [-1, k, 2]), size, align_corners)
 
     identity = spline.points.reshape(-1)

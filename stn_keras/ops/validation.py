@@ -1,5 +1,6 @@
 """Argument checks shared by the ops and layers, with error messages that name the offending value."""
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -67,6 +68,50 @@ def check_int(name, value, minimum=None, maximum=None):
     return int(value)
 
 
+def static_shape(x):
+    """`x`'s static shape as a tuple, `None` for sizes known only at run time; `None` for an unknown
+    rank. `x` is a tensor of any backend or a shape. Plain Python, which `torch.compile` traces."""
+    shape = getattr(x, "shape", x)
+    if getattr(shape, "rank", 0) is None:
+        return None
+    return tuple(None if d is None else int(d) for d in shape)
+
+
+def shape_text(x):
+    """`x`'s static shape as messages print it: `(2, None, 3)`, `<unknown>` for an unknown rank."""
+    shape = static_shape(x)
+    return "<unknown>" if shape is None else "(" + ", ".join(map(str, shape)) + ")"
+
+
+def fits(x, pattern):
+    """Whether `x`'s static shape may be `pattern` (a tuple with `None` for any size)."""
+    shape = static_shape(x)
+    return shape is None or (
+        len(shape) == len(pattern)
+        and all(a is None or b is None or a == b for a, b in zip(shape, pattern, strict=True))
+    )
+
+
+FLOATING = ("float16", "bfloat16", "float32", "float64")
+
+
+def dtype_name(x):
+    """The name of `x`'s dtype in Keras's vocabulary (`"float32"`, ...), whatever the backend."""
+    return keras.backend.standardize_dtype(x.dtype)
+
+
+def is_floating(x):
+    """Whether `x` (a tensor of any backend, or an array) holds floating-point numbers."""
+    return dtype_name(x) in FLOATING
+
+
+def as_tensor(x):
+    """`x` as a tensor of the Keras backend in use (TensorFlow's own conversion on TensorFlow)."""
+    if keras.backend.backend() == "tensorflow":
+        return tf.convert_to_tensor(x)
+    return keras.ops.convert_to_tensor(x)
+
+
 def check_rank(x, name, expected, layout):
     """Raise `ValueError` unless `x` has static rank `expected`.
 
@@ -79,11 +124,11 @@ def check_rank(x, name, expected, layout):
     Raises:
         ValueError: naming the argument, the expected layout and the shape received.
     """
-    shape = tf.TensorShape(x.shape)
-    if shape.rank != expected:
+    shape = static_shape(x)
+    if shape is None or len(shape) != expected:
         raise ValueError(
             f"Argument `{name}` must be a rank-{expected} tensor of shape {layout}. "
-            f"Received: {name}.shape={shape}"
+            f"Received: {name}.shape={shape_text(x)}"
         )
 
 
@@ -93,8 +138,7 @@ def check_same_batch(a, a_name, b, b_name):
     if na is not None and nb is not None and na != nb:
         raise ValueError(
             f"Arguments `{a_name}` and `{b_name}` must have the same batch size. "
-            f"Received: {a_name}.shape={tf.TensorShape(a.shape)}, "
-            f"{b_name}.shape={tf.TensorShape(b.shape)}"
+            f"Received: {a_name}.shape={shape_text(a)}, {b_name}.shape={shape_text(b)}"
         )
 
 

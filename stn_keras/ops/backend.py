@@ -1,0 +1,68 @@
+"""Which Keras backend runs the ops, and where its kernels live.
+
+The ops validate their arguments once, in one vocabulary, whatever the backend. On TensorFlow they
+then run their own TensorFlow code (XLA-tuned, recorded for the exporters). On JAX and PyTorch,
+the few backend-specific kernels (the sampler and the affine grid) live in `kernels_jax` and
+`kernels_torch`, imported only when that backend is the one Keras runs, so that neither framework
+is needed to use the other.
+"""
+
+import functools
+import importlib
+import sys
+
+import keras
+
+_KERNEL_MODULES = {"jax": "stn_keras.ops.kernels_jax", "torch": "stn_keras.ops.kernels_torch"}
+SUPPORTED = ("tensorflow", *_KERNEL_MODULES)
+
+
+def name():
+    """The Keras backend in use: `"tensorflow"`, `"jax"` or `"torch"` (or another, unsupported)."""
+    return keras.backend.backend()
+
+
+def kernels():
+    """The backend's kernel module, or `None` on TensorFlow (the ops' own code).
+
+    Raises:
+        ValueError: on a Keras backend stn-keras has no kernels for (e.g. `"numpy"`).
+    """
+    backend = name()
+    if backend == "tensorflow":
+        return None
+    if backend not in _KERNEL_MODULES:
+        raise ValueError(
+            f"stn-keras runs on the Keras backends {SUPPORTED}. Received: KERAS_BACKEND={backend!r}"
+        )
+    module = _KERNEL_MODULES[backend]
+    # Looked up before imported: `torch.compile` traces through `sys.modules`, not `import_module`.
+    return sys.modules.get(module) or importlib.import_module(module)
+
+
+# What runs on JAX and PyTorch so far, for the message of everything else.
+ON_EVERY_BACKEND = (
+    "affine_grid, attention_grid, grid_sample, and the layers' 'affine', 'attention', "
+    "'similarity' and 'rigid' families"
+)
+
+
+def require_tensorflow(what):
+    """Raise `NotImplementedError` naming `what` and the backend unless Keras runs TensorFlow."""
+    if name() != "tensorflow":
+        raise NotImplementedError(
+            f"{what} runs on the TensorFlow backend only (so far); this process has "
+            f"KERAS_BACKEND={name()!r}. On JAX and PyTorch: {ON_EVERY_BACKEND}."
+        )
+
+
+def tensorflow_only(fn):
+    """Mark an op written in TensorFlow only: on another backend it raises `NotImplementedError`
+    naming the op and the backend, rather than failing inside TensorFlow on a foreign tensor."""
+
+    @functools.wraps(fn)
+    def op(*args, **kwargs):
+        require_tensorflow(f"stn_keras.{fn.__name__}")
+        return fn(*args, **kwargs)
+
+    return op
