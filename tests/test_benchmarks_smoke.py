@@ -109,3 +109,19 @@ def test_train_step_report_gives_ratios_and_the_transformers_share():
     assert "| torch-eager | 3200 | 2.00x | t |" in markdown
     assert "| trainer-2-workers | error | | worker 1 failed |" in markdown
     assert "ours (`keras-fit`) 30.0 ms of 40.0 ms; torch eager 12.0 ms of 20.0 ms" in markdown
+
+
+def test_the_backends_benchmark_times_every_backend_beside_pytorch(tmp_path):
+    from benchmarks import backends
+
+    out = tmp_path / "backends"
+    backends.main(["--quick", "--rounds", "1", "--out", str(out)])
+    records = json.loads(out.with_suffix(".json").read_text())
+    timed = {(r["backend"], r["task"], r["contender"]) for r in records if "median_ms" in r}
+    expected = {"tensorflow": ["ours-tf-xla"], "jax": ["ours-jax-jit"]}
+    expected["torch"] = ["ours-torch-eager", "ours-torch-compile"]
+    for backend, ours in expected.items():
+        for task in backends.TASKS:
+            for contender in [*ours, "torch-nchw", "torch-cl"]:
+                assert (backend, task, contender) in timed
+    assert "| ours-jax-jit |" in out.with_suffix(".md").read_text()

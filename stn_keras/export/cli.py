@@ -17,6 +17,7 @@ the output unless `--verbose` is given.
 """
 
 import os
+import subprocess
 import sys
 import warnings
 
@@ -157,10 +158,28 @@ def _export(args):
     return summary, notes
 
 
+def _backend():
+    """The Keras backend this process runs (importing stn_keras imported Keras already)."""
+    import keras
+
+    return keras.backend.backend()
+
+
 def main(argv=None):
     """Run the command line; returns the exit status (0 on success, 1 on any error, 2 on bad usage)."""
     parser = _parser()
     args = parser.parse_args(argv)
+    if _backend() != "tensorflow":
+        # The exporters are TensorFlow programs and a `.keras` file crosses backends: the same
+        # command again, in a process whose Keras runs TensorFlow (its exit status is ours).
+        env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+        command = [
+            sys.executable,
+            "-m",
+            "stn_keras.export",
+            *(sys.argv[1:] if argv is None else argv),
+        ]
+        return subprocess.run(command, env=env, check=False).returncode
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     if not args.verbose:  # effective only when TensorFlow is not loaded yet
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -51,6 +51,18 @@ def _check_options(fmt, options):
         )
 
 
+def _check_backend():
+    """Exporting traces the model with TensorFlow; on another backend, say what works instead."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise NotImplementedError(
+            "Exporting runs on the TensorFlow backend; this process has "
+            f"KERAS_BACKEND={keras.backend.backend()!r}. Save the model (`model.save('m.keras')`) "
+            "and run `stn-keras-export FORMAT m.keras OUTPUT`, which reloads it under TensorFlow."
+        )
+
+
 def export(
     model,
     path,
@@ -93,7 +105,10 @@ def export(
         FileNotFoundError, PermissionError: if the directory that should hold `path` is missing
             or not writable.
         ValidationError: if the artifact does not reproduce the model; nothing is written then.
+        NotImplementedError: on a Keras backend other than TensorFlow (the command line reloads
+            a `.keras` file from any backend under TensorFlow).
     """
+    _check_backend()
     fmt, chosen = registry.resolve(format, target)
     _check_options(fmt, options)
     if fmt.suffix and not str(path).endswith(fmt.suffix):

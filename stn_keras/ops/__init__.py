@@ -1,5 +1,6 @@
 """Differentiable, XLA-ready spatial-transformer ops (channels-last, PyTorch semantics)."""
 
+from stn_keras.ops import backend
 from stn_keras.ops.coordinates import PADDING_MODES
 from stn_keras.ops.fields import (
     affine_to_flow,
@@ -14,6 +15,9 @@ from stn_keras.ops.grids import affine_grid, attention_grid, projective_grid
 from stn_keras.ops.opencv import cv2_from_theta, theta_from_cv2
 from stn_keras.ops.sampling import INTERPOLATIONS, grid_sample
 from stn_keras.ops.tps import fiducial_points, tps_grid, tps_grid_from_points
+
+# The backend's kernels, imported now rather than inside a function a compiler traces.
+backend.load()
 
 __all__ = [
     "INTERPOLATIONS",

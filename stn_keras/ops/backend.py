@@ -9,7 +9,6 @@ is needed to use the other.
 
 import functools
 import importlib
-import sys
 
 import keras
 
@@ -22,22 +21,36 @@ def name():
     return keras.backend.backend()
 
 
+_loaded = {}
+
+
 def kernels():
     """The backend's kernel module, or `None` on TensorFlow (the ops' own code).
+
+    `stn_keras.ops` loads it on import (`load`), so that what `torch.compile` traces here is a
+    dictionary lookup, not an import.
 
     Raises:
         ValueError: on a Keras backend stn-keras has no kernels for (e.g. `"numpy"`).
     """
     backend = name()
-    if backend == "tensorflow":
-        return None
-    if backend not in _KERNEL_MODULES:
+    if backend not in _loaded:
+        load()
+    if backend not in _loaded:
         raise ValueError(
             f"stn-keras runs on the Keras backends {SUPPORTED}. Received: KERAS_BACKEND={backend!r}"
         )
-    module = _KERNEL_MODULES[backend]
-    # Looked up before imported: `torch.compile` traces through `sys.modules`, not `import_module`.
-    return sys.modules.get(module) or importlib.import_module(module)
+    return _loaded[backend]
+
+
+def load():
+    """Import the kernel module of the backend Keras runs (none for TensorFlow; nothing for a
+    backend stn-keras does not run on, whose ops then raise)."""
+    backend = name()
+    if backend not in SUPPORTED:
+        return
+    module = _KERNEL_MODULES.get(backend)
+    _loaded[backend] = None if module is None else importlib.import_module(module)
 
 
 # What runs on JAX and PyTorch so far, for the message of everything else.

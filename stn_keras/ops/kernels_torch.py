@@ -4,9 +4,13 @@ Channels-last tensors are moved to PyTorch's channels-first layout and back (vie
 before the kernel needs one). Two of stn-keras's rules that PyTorch leaves open are added
 around the kernel: a grid point with a NaN or infinite coordinate reads 0 with zero gradients
 (PyTorch's border padding would read the border), and finite coordinates beyond
-`coordinates.COORD_LIMIT` are clamped first, so that the pixel arithmetic stays finite. Half
+`coordinates.COORD_LIMIT` are clamped first, so that the pixel arithmetic stays finite. Their cost
+is measured in `benchmarks/results/cpu-backends.md`. Half
 precision computes in float32 (PyTorch's CPU sampler has no float16 kernel), as on every backend.
 """
+
+import functools
+import operator
 
 import torch
 import torch.nn.functional as F
@@ -21,22 +25,51 @@ def _compute_dtype(*dtypes):
 def grid_sample(images, grid, interpolation, padding_mode, align_corners):
     """`stn_keras.grid_sample` on torch tensors (validated arguments, any rank)."""
     dtype = _compute_dtype(images.dtype, grid.dtype)
-    grid = grid.to(dtype)
-    finite = torch.isfinite(grid).all(dim=-1, keepdim=True)  # B x out x 1
     limit = coordinates.COORD_LIMIT
-    grid = torch.where(finite, grid.clamp(-limit, limit), 0.0)
+    grid = grid.to(dtype)
+    if padding_mode == "zeros":
+        # Far outside every image a point reads 0 with zero gradients, as a non-finite one must:
+        # parking non-finite coordinates there needs no pass over the output.
+        grid = torch.nan_to_num(grid, nan=limit, posinf=limit, neginf=limit)
+        return _sample(
+            images, grid.clamp(-limit, limit), interpolation, padding_mode, align_corners
+        )
+    # Border and reflection read something everywhere: the output is masked instead. (Per
+    # coordinate, not `.all(-1)`: PyTorch reduces a last axis of 2 or 3 slowly.)
+    finite = functools.reduce(operator.and_, torch.isfinite(grid).unbind(-1))
+    grid = torch.where(finite[..., None], grid.clamp(-limit, limit), 0.0)
+    return _sample(images, grid, interpolation, padding_mode, align_corners, finite)
+
+
+def _sample(images, grid, interpolation, padding_mode, align_corners, finite=None):
+    """PyTorch's kernel on channels-last `images` (a channels-first view, no copy), in the grid's
+    dtype, the result channels-last in `images`' dtype; 0 where `finite` `(B, *out)` is false.
+    (The mask applies to the kernel's contiguous channels-first output: 2x faster than to its
+    channels-last view.)"""
     out = F.grid_sample(
-        images.to(dtype).movedim(-1, 1),
+        images.to(grid.dtype).movedim(-1, 1),
         grid,
         mode=interpolation,
         padding_mode=padding_mode,
         align_corners=align_corners,
-    ).movedim(1, -1)
-    return torch.where(finite, out, 0.0).to(images.dtype)
+    )
+    if finite is not None:
+        out = out.masked_fill(~finite[:, None], 0.0)
+    return out.movedim(1, -1).to(images.dtype)
 
 
 def affine_grid(theta, size, align_corners):
-    """`stn_keras.affine_grid` on torch tensors: `theta` `(B, N, N + 1)`, `size` ints."""
+    """`stn_keras.affine_grid` on torch tensors: `theta` `(B, N, N + 1)`, `size` ints.
+
+    PyTorch's own computation (`affine_grid_generator`: its base grid times theta transposed),
+    with the base grid built for a batch of one: `F.affine_grid` needs a concrete batch size, which
+    `torch.compile` makes symbolic once it has seen two (automatic dynamic shapes).
+    """
     dtype = _compute_dtype(theta.dtype)
-    shape = (theta.shape[0], 1, *size)
-    return F.affine_grid(theta.to(dtype), shape, align_corners=align_corners).to(theta.dtype)
+    spatial = len(size)
+    identity = torch.eye(spatial, spatial + 1, dtype=dtype)[None]
+    positions = F.affine_grid(identity, (1, 1, *size), align_corners=align_corners)  # 1 x size x N
+    ones = torch.ones((*positions.shape[:-1], 1), dtype=dtype)
+    base = torch.cat([positions, ones], dim=-1).reshape(1, -1, spatial + 1)  # 1 x P x (N + 1)
+    grid = torch.matmul(base, theta.to(dtype).transpose(1, 2))  # B x P x N
+    return grid.reshape(-1, *size, spatial).to(theta.dtype)

@@ -241,7 +241,8 @@ def grid_sample(images, grid, interpolation="bilinear", padding_mode="zeros", al
     W, z along D), as PyTorch's 5-D `grid_sample` on the NCDHW transpose (`"bilinear"` is trilinear
     there). Differentiable w.r.t. `images` and `grid` with PyTorch's gradient conventions (nearest
     interpolation has a zero gradient w.r.t. the grid). Runs eagerly, in `tf.function` and under XLA
-    (`jit_compile=True`), with dynamic batch and spatial sizes.
+    (`jit_compile=True`), with dynamic batch and spatial sizes. On the JAX and PyTorch Keras
+    backends it takes and returns their tensors with the same semantics (`stn_keras.ops.backend`).
 
     Robustness: a grid point with a NaN or infinite coordinate reads as outside the image and yields 0
     whatever the padding mode; finite far-out points follow the padding mode (0 for `"zeros"`). Nothing

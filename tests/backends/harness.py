@@ -19,7 +19,7 @@ def float64():
     return contextlib.nullcontext()
 
 
-def _compiled(fn):
+def compiled(fn):
     if BACKEND == "tensorflow":
         import tensorflow as tf
 
@@ -37,7 +37,7 @@ def _compiled(fn):
 
 def run(fn, *arrays, jit=False):
     """`fn(*tensors)` as numpy, the tensors made from `arrays` on the backend."""
-    fn = _compiled(fn) if jit else fn
+    fn = compiled(fn) if jit else fn
     return keras.ops.convert_to_numpy(fn(*(keras.ops.convert_to_tensor(a) for a in arrays)))
 
 
@@ -70,7 +70,7 @@ def value_and_grads(fn, arrays, upstream, jit=False):
     def forward(*args):
         return fn(*args)
 
-    forward = _compiled(forward) if jit else forward
+    forward = compiled(forward) if jit else forward
     args = [torch.tensor(a, requires_grad=True) for a in arrays]
     out = forward(*args)
     out.backward(torch.as_tensor(upstream, dtype=out.dtype))
