@@ -132,16 +132,23 @@ def make_split(frames, labels, count, rng, strength=1.0):
 # Models
 
 
+def _conv_stages(filters):
+    """A 3x3 convolution (ReLU, same padding) and a 2x2 max-pooling per entry of `filters`."""
+    return [
+        layer
+        for count in filters
+        for layer in (
+            keras.layers.Conv2D(count, 3, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D(2),
+        )
+    ]
+
+
 def _reader_layers(hidden):
     """The reader shared by both models: three conv + max-pool stages, a dense layer, and one
     11-way softmax (as logits) per position."""
     return [
-        keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
-        keras.layers.MaxPooling2D(2),
-        keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
-        keras.layers.MaxPooling2D(2),
-        keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
-        keras.layers.MaxPooling2D(2),
+        *_conv_stages((32, 64, 64)),
         keras.layers.Flatten(),
         keras.layers.Dense(hidden, activation="relu"),
         keras.layers.Dense(MAX_DIGITS * NUM_CLASSES),
@@ -155,12 +162,7 @@ def rectifier_localization():
     return keras.Sequential(
         [
             keras.layers.Resizing(32, 64, interpolation="bilinear", dtype="float32"),
-            keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
-            keras.layers.MaxPooling2D(2),
-            keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
-            keras.layers.MaxPooling2D(2),
-            keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
-            keras.layers.MaxPooling2D(2),
+            *_conv_stages((16, 32, 64)),
             keras.layers.Flatten(),
             keras.layers.Dense(64, activation="relu"),
         ],
