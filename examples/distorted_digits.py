@@ -102,7 +102,7 @@ def load_digits_frames(mnist_path=None, test_fraction=None, seed=0, data="digits
         # Output pixel x of the frame reads the 8x8 image at x * 28 / 20 (normalised
         # coordinates): the digit fills the central 20x20 pixels.
         grid = stn_keras.affine_grid(_identity_theta(len(images), FRAME / DIGIT), (FRAME, FRAME))
-        frames = stn_keras.grid_sample(images, grid).numpy()[..., 0]  # Nx28x28
+        frames = keras.ops.convert_to_numpy(stn_keras.grid_sample(images, grid))[..., 0]  # Nx28x28
         labels = digits.target
         default_fraction = 0.25
     x_train, x_test, y_train, y_test = train_test_split(
@@ -238,7 +238,7 @@ def distort(images, distortion, rng):
             f"Received: distortion={distortion!r}"
         )
     grid = _GRIDS[distortion](len(images), rng)
-    return stn_keras.grid_sample(images[..., None], grid).numpy()
+    return keras.ops.convert_to_numpy(stn_keras.grid_sample(images[..., None], grid))
 
 
 def make_split(images, labels, distortion, copies, rng):
@@ -478,7 +478,7 @@ def run(
             f"{distortion}: test error CNN {row['cnn_error']:.1f}%, ST-CNN {row['st_cnn_error']:.1f}%"
         )
         transformer = st_cnn.get_layer("spatial_transformer")
-        examples[distortion] = (data[2][:8], transformer(data[2][:8]).numpy())
+        examples[distortion] = (data[2][:8], keras.ops.convert_to_numpy(transformer(data[2][:8])))
     settings["seconds"] = round(time.perf_counter() - start_run, 1)
     report = {"settings": settings, "results": results}
     print(format_table(results))

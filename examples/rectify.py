@@ -110,7 +110,9 @@ def distortion_grids(count, rng, strength=1.0):
     bend = rng.uniform(-0.6, 0.6, count) * strength
     tilt = rng.uniform(-0.25, 0.25, count) * strength
     scale = 1.0 + rng.uniform(-0.1, 0.1, count) * strength
-    canvas = stn_keras.ops.coordinates.base_grid(CANVAS, align_corners=False).numpy()  # HxWx3
+    canvas = keras.ops.convert_to_numpy(
+        stn_keras.ops.coordinates.base_grid(CANVAS, align_corners=False)
+    )  # HxWx3
     points = np.einsum("bij,hwj->bhwi", _homographies(noise), canvas.astype("float64"))
     u, v = points[..., 0] / points[..., 2], points[..., 1] / points[..., 2]
     centre = bend[:, None, None] * (u**2 - 1.0 / 3.0) + tilt[:, None, None] * u
@@ -124,7 +126,7 @@ def make_split(frames, labels, count, rng, strength=1.0):
     """`count` distorted canvases `(count, 48, 128, 1)`, their clean strips and their labels."""
     strips, sequences = compose_strips(frames, labels, count, rng)
     grids = distortion_grids(count, rng, strength)
-    canvases = stn_keras.grid_sample(strips, grids).numpy()
+    canvases = keras.ops.convert_to_numpy(stn_keras.grid_sample(strips, grids))
     return canvases, strips, sequences
 
 

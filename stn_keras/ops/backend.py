@@ -55,8 +55,8 @@ def load():
 
 # What runs on JAX and PyTorch so far, for the message of everything else.
 ON_EVERY_BACKEND = (
-    "affine_grid, attention_grid, grid_sample, and the layers' 'affine', 'attention', "
-    "'similarity' and 'rigid' families"
+    "affine_grid, attention_grid, projective_grid, grid_sample, and the layers' 'affine', "
+    "'attention', 'similarity', 'rigid' and 'projective' families"
 )
 
 

@@ -352,7 +352,6 @@ def _attention_theta(params, spatial):
     return ops.concatenate([linear, params[:, 1:, None]], axis=-1)
 
 
-@backend.tensorflow_only
 def projective_grid(homography, size, align_corners=False):
     """Sampling grid of a batch of 2-D projective transforms (homographies).
 
@@ -388,7 +387,17 @@ def projective_grid(homography, size, align_corners=False):
     """
     homography = check_params(homography, "homography", (3, 3), "(B, 3, 3)")
     dtype = coordinates.compute_dtype(homography.dtype)
-    projected = map_output_positions(tf.cast(homography, dtype), size, align_corners)  # BxHxWx3
+    kernels = backend.kernels()
+    if kernels is None:
+        projected = map_output_positions(tf.cast(homography, dtype), size, align_corners)
+    else:  # JAX or PyTorch: the backend's map of the output positions (static sizes)
+        size = tuple(int(n) for n in check_size(size, dims=(2,)))
+        check_bool("align_corners", align_corners)
+        projected = kernels.map_positions(ops.cast(homography, dtype), size, align_corners)
     w = projected[..., 2:]  # BxHxWx1
-    w = tf.where(w < 0.0, tf.minimum(w, -PROJECTIVE_MIN_W), tf.maximum(w, PROJECTIVE_MIN_W))
-    return tf.cast(projected[..., :2] / w, homography.dtype)  # BxHxWx2
+    # Selects, not `ops.minimum` / `ops.maximum`: Keras 3.15's PyTorch backend returns those in
+    # float32 even for two float64 tensors.
+    bound = ops.convert_to_tensor(PROJECTIVE_MIN_W, w.dtype)
+    negative = ops.where(w > -bound, -bound, w)
+    w = ops.where(w < 0.0, negative, ops.where(w < bound, bound, w))
+    return ops.cast(projected[..., :2] / w, homography.dtype)  # BxHxWx2

@@ -90,13 +90,15 @@ def _sum_taps(images, finite, indices, weights, inside, dtype):
 def affine_grid(theta, size, align_corners):
     """`stn_keras.affine_grid` on JAX arrays: `theta` `(B, N, N + 1)`, `size` static ints."""
     dtype = coordinates.compute_dtype_name(theta.dtype)
+    return map_positions(theta.astype(dtype), size, align_corners).astype(theta.dtype)
+
+
+def map_positions(matrices, size, align_corners):
+    """Each output position `(x, y[, z], 1)` times `matrices` `(B, J, N + 1)`: `(B, *size, J)`."""
     axes = [_positions(n, align_corners) for n in size]  # array order: [D,] H, W
     mesh = np.meshgrid(*axes, indexing="ij")
-    base = np.stack([*reversed(mesh), np.ones_like(mesh[0])], axis=-1).astype(dtype)
-    grid = jnp.einsum(
-        "...k,bjk->b...j", base, theta.astype(dtype), precision=jax.lax.Precision.HIGHEST
-    )
-    return grid.astype(theta.dtype)
+    base = np.stack([*reversed(mesh), np.ones_like(mesh[0])], axis=-1).astype(matrices.dtype)
+    return jnp.einsum("...k,bjk->b...j", base, matrices, precision=jax.lax.Precision.HIGHEST)
 
 
 def _positions(n, align_corners):

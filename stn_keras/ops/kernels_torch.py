@@ -5,8 +5,8 @@ before the kernel needs one). Two of stn-keras's rules that PyTorch leaves open 
 around the kernel: a grid point with a NaN or infinite coordinate reads 0 with zero gradients
 (PyTorch's border padding would read the border), and finite coordinates beyond
 `coordinates.COORD_LIMIT` are clamped first, so that the pixel arithmetic stays finite. Their cost
-is measured in `benchmarks/results/cpu-backends.md`. Half
-precision computes in float32 (PyTorch's CPU sampler has no float16 kernel), as on every backend.
+is measured in `benchmarks/results/cpu-backends.md`. Half precision computes in float32 (PyTorch's
+CPU sampler has no float16 kernel), as on every backend.
 """
 
 import functools
@@ -59,17 +59,22 @@ def _sample(images, grid, interpolation, padding_mode, align_corners, finite=Non
 
 
 def affine_grid(theta, size, align_corners):
-    """`stn_keras.affine_grid` on torch tensors: `theta` `(B, N, N + 1)`, `size` ints.
+    """`stn_keras.affine_grid` on torch tensors: `theta` `(B, N, N + 1)`, `size` ints."""
+    dtype = _compute_dtype(theta.dtype)
+    return map_positions(theta.to(dtype), size, align_corners).to(theta.dtype)
+
+
+def map_positions(matrices, size, align_corners):
+    """Each output position `(x, y[, z], 1)` times `matrices` `(B, J, N + 1)`: `(B, *size, J)`.
 
     PyTorch's own computation (`affine_grid_generator`: its base grid times theta transposed),
     with the base grid built for a batch of one: `F.affine_grid` needs a concrete batch size, which
     `torch.compile` makes symbolic once it has seen two (automatic dynamic shapes).
     """
-    dtype = _compute_dtype(theta.dtype)
     spatial = len(size)
-    identity = torch.eye(spatial, spatial + 1, dtype=dtype)[None]
+    identity = torch.eye(spatial, spatial + 1, dtype=matrices.dtype)[None]
     positions = F.affine_grid(identity, (1, 1, *size), align_corners=align_corners)  # 1 x size x N
-    ones = torch.ones((*positions.shape[:-1], 1), dtype=dtype)
+    ones = torch.ones((*positions.shape[:-1], 1), dtype=matrices.dtype)
     base = torch.cat([positions, ones], dim=-1).reshape(1, -1, spatial + 1)  # 1 x P x (N + 1)
-    grid = torch.matmul(base, theta.to(dtype).transpose(1, 2))  # B x P x N
-    return grid.reshape(-1, *size, spatial).to(theta.dtype)
+    mapped = torch.matmul(base, matrices.transpose(1, 2))  # B x P x J
+    return mapped.reshape(-1, *size, matrices.shape[1])

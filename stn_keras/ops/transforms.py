@@ -91,8 +91,8 @@ def _projective(spatial_dims):
     identity = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0])
 
     def grid_fn(params, size, align_corners):
-        ones = tf.ones_like(params[:, :1])  # Bx1
-        homography = tf.reshape(tf.concat([params, ones], axis=-1), [-1, 3, 3])  # Bx3x3
+        ones = ops.ones_like(params[:, :1])  # Bx1
+        homography = ops.reshape(ops.concatenate([params, ones], axis=-1), [-1, 3, 3])  # Bx3x3
         return grids.projective_grid(homography, size, align_corners=align_corners)
 
     return Transform("projective", identity, grid_fn)

@@ -13,7 +13,7 @@ import numpy as np
 
 import stn_keras
 
-FAMILIES = ("affine", "attention", "similarity", "rigid")
+FAMILIES = ("affine", "attention", "similarity", "rigid", "projective")
 
 
 def build(family, spatial=2):

@@ -126,6 +126,28 @@ def test_affine_grid_matches_onnxruntime_in_float64(size, align_corners):
 
 
 @pytest.mark.parametrize("align_corners", [False, True])
+def test_projective_grid_is_the_homography_of_each_position(align_corners):
+    rng = np.random.default_rng(6)
+    homography = np.eye(3) + rng.normal(0.0, 0.2, (3, 3, 3))
+    homography[0, 2, :2] = [0.0, -1.5]  # w crosses 0 inside the image: the guard keeps |w| >= 1e-6
+    size = (4, 6)
+    with float64():
+        got = run(
+            lambda h: stn_keras.projective_grid(h, size, align_corners=align_corners), homography
+        )
+    # The closed form: (x', y', w) = H (x, y, 1) at PyTorch's pixel positions, divided by w.
+    positions = oracle.affine_grid(np.eye(2, 3)[None], size, align_corners)[0]  # H x W x 2
+    points = np.concatenate([positions, np.ones((*size, 1))], -1)
+    mapped = np.einsum("bjk,hwk->bhwj", homography, points)
+    w = mapped[..., 2:]
+    w = np.where(w < 0, np.minimum(w, -1e-6), np.maximum(w, 1e-6))
+    want = mapped[..., :2] / w
+    # Three products of terms below ~3 each, then a division: relative to |w|'s smallest value.
+    atol = 64 * EPS64 * np.abs(want).max() / min(1.0, np.abs(w).min())
+    np.testing.assert_allclose(got, want, rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
 def test_a_single_output_pixel_sits_at_the_centre(align_corners):
     # PyTorch's rule (onnxruntime's AffineGrid differs for align_corners=True): a lone pixel sits
     # at 0, so it reads theta's translation.
