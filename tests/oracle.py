@@ -7,6 +7,8 @@ bicubic + border clamps the coordinate instead of each tap and disagrees with Py
 """
 
 import functools
+import json
+import pathlib
 
 import numpy as np
 import onnxruntime as ort
@@ -131,3 +133,25 @@ def batched_jacobians(fn, images, grid, delta=1e-6, jit=False):
         (d_images.numpy().reshape(outputs, -1), numerical[:, :n_images]),
         (d_grid.numpy().reshape(outputs, -1), numerical[:, n_images:]),
     )
+
+
+def grid_of_flow(flow):
+    """The normalised grid (align_corners=False) reading pixel p + flow[p], computed in numpy from
+    the definition: pixel i of n sits at (2 i + 1) / n - 1; flow in "ij" order."""
+    size = flow.shape[1:-1]
+    positions = np.stack(np.meshgrid(*(np.arange(n) for n in size), indexing="ij"), -1)
+    target = positions + flow  # array order
+    normalised = (2.0 * target + 1.0) / np.array(size) - 1.0
+    return normalised[..., ::-1]  # (x, y[, z])
+
+
+def monai_field_cases():
+    """MONAI's own `DVF2DDF` and `Warp` outputs (tests/fixtures/make_monai_fixtures.py)."""
+    path = pathlib.Path(__file__).parent / "fixtures" / "monai_fields.json"
+    return json.loads(path.read_text())["cases"]
+
+
+# MONAI computes in float32: each bilinear warp of O(1) values is a few dozen float32 operations
+# (~1e-6 relative), and each squaring step can amplify earlier errors by 1 + |grad v| (< 2 here),
+# so 3 steps stay within 2e-5 of displacements of a few pixels.
+MONAI_ATOL = 2e-5

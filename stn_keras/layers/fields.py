@@ -1,7 +1,7 @@
 """`Warp` and `IntegrateVelocity`: the registration layers, thin Keras wrappers of `stn_keras.ops.fields`."""
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from stn_keras.ops import coordinates
 from stn_keras.ops.fields import INDEXINGS, INTEGRATION_PADDINGS, integrate_velocity, warp
@@ -46,8 +46,8 @@ class Warp(keras.layers.Layer):
     def call(self, inputs):
         images, flow = inputs
         return warp(
-            tf.cast(images, self.compute_dtype),
-            tf.cast(flow, self.variable_dtype),
+            ops.cast(images, self.compute_dtype),
+            ops.cast(flow, self.variable_dtype),
             interpolation=self.interpolation,
             padding_mode=self.padding_mode,
             indexing=self.indexing,
@@ -97,7 +97,7 @@ class IntegrateVelocity(keras.layers.Layer):
         self.padding_mode = padding_mode
 
     def call(self, velocity):
-        velocity = tf.cast(velocity, self.variable_dtype)
+        velocity = ops.cast(velocity, self.variable_dtype)
         return integrate_velocity(
             velocity, steps=self.steps, indexing=self.indexing, padding_mode=self.padding_mode
         )

@@ -2,9 +2,9 @@
 
 The ops validate their arguments once, in one vocabulary, whatever the backend. On TensorFlow they
 then run their own TensorFlow code (XLA-tuned, recorded for the exporters). On JAX and PyTorch,
-the few backend-specific kernels (the sampler and the affine grid) live in `kernels_jax` and
-`kernels_torch`, imported only when that backend is the one Keras runs, so that neither framework
-is needed to use the other.
+the few backend-specific kernels (the sampler, the affine grid and a full-precision product of
+points by matrices) live in `kernels_jax` and `kernels_torch`, imported only when that backend is
+the one Keras runs, so that neither framework is needed to use the other.
 """
 
 import functools
@@ -55,8 +55,8 @@ def load():
 
 # What runs on JAX and PyTorch so far, for the message of everything else.
 ON_EVERY_BACKEND = (
-    "affine_grid, attention_grid, projective_grid, grid_sample, and the layers' 'affine', "
-    "'attention', 'similarity', 'rigid' and 'projective' families"
+    "every grid (affine, attention, projective, thin-plate spline), grid_sample, the field ops "
+    "(warp, integrate_velocity, ...) and every layer"
 )
 
 

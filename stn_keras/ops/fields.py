@@ -15,11 +15,21 @@ gradients, its handling of non-finite values, XLA support and exports.
 """
 
 import tensorflow as tf
+from keras import ops
 
-from stn_keras.ops import backend, coordinates
+from stn_keras.ops import backend, coordinates, grids
 from stn_keras.ops.grids import affine_grid
 from stn_keras.ops.sampling import grid_sample
-from stn_keras.ops.validation import check_choice, check_int
+from stn_keras.ops.validation import (
+    as_tensor,
+    check_choice,
+    check_int,
+    dtype_name,
+    fits,
+    is_floating,
+    shape_text,
+    static_shape,
+)
 
 INDEXINGS = ("ij", "xy")
 # Padding of the squaring steps of `integrate_velocity`: "border" is VoxelMorph 0.2's `VecInt`
@@ -34,36 +44,31 @@ def _check_field(flow, name="flow", images=None):
         ValueError: naming the shapes, if `flow`'s rank is not 4 or 5, its last axis is not N, or
             its rank or spatial shape differs from `images`' (when given).
     """
-    flow = tf.convert_to_tensor(flow)
-    shape = tf.TensorShape(flow.shape)
-    received = f"{name}.shape={shape}"
+    flow = as_tensor(flow)
+    shape = static_shape(flow)
+    received = f"{name}.shape={shape_text(flow)}"
     if images is not None:
-        received = f"images.shape={tf.TensorShape(images.shape)}, {received}"
-    if shape.rank not in (4, 5) or shape[-1] not in (shape.rank - 2, None):
+        received = f"images.shape={shape_text(images)}, {received}"
+    if shape is None or len(shape) not in (4, 5) or shape[-1] not in (len(shape) - 2, None):
         raise ValueError(
             f"Argument `{name}` must be a field (B, H, W, 2) over images or (B, D, H, W, 3) over "
             f"volumes: its last axis holds one displacement per spatial axis. Received: {received}"
         )
-    if not flow.dtype.is_floating:
+    if not is_floating(flow):
         raise ValueError(
-            f"Argument `{name}` must be floating. Received: {name}.dtype={flow.dtype.name}"
+            f"Argument `{name}` must be floating. Received: {name}.dtype={dtype_name(flow)}"
         )
-    if images is not None:
-        images_shape = tf.TensorShape(images.shape)
-        if images_shape.rank != shape.rank or not images_shape[1:-1].is_compatible_with(
-            shape[1:-1]
-        ):
-            raise ValueError(
-                f"Arguments `images` and `{name}` must have the same spatial shape, and `{name}` one "
-                f"displacement per spatial axis of `images`. Received: images.shape={images_shape}, "
-                f"{name}.shape={shape}"
-            )
+    if images is not None and not fits(images, (None, *shape[1:-1], None)):
+        raise ValueError(
+            f"Arguments `images` and `{name}` must have the same spatial shape, and `{name}` one "
+            f"displacement per spatial axis of `images`. Received: {received}"
+        )
     return flow
 
 
 def _to_xy(flow, indexing):
     """The field's components in the grid's `(x, y[, z])` order."""
-    return tf.reverse(flow, axis=[-1]) if indexing == "ij" else flow
+    return ops.flip(flow, axis=-1) if indexing == "ij" else flow
 
 
 def _from_xy(flow, indexing):
@@ -72,8 +77,9 @@ def _from_xy(flow, indexing):
 
 
 def _spatial_size(x):
-    """`(H, W)` or `(D, H, W)` of `x` `(B, *spatial, C)`, static where known."""
-    return tuple(coordinates.dim(x, axis) for axis in range(1, x.shape.rank - 1))
+    """`(H, W)` or `(D, H, W)` of `x` `(B, *spatial, C)`, static where known (always, but on
+    TensorFlow)."""
+    return tuple(coordinates.dim(x, axis) for axis in range(1, len(x.shape) - 1))
 
 
 def flow_to_grid(flow, indexing="ij"):
@@ -96,21 +102,22 @@ def flow_to_grid(flow, indexing="ij"):
 
 def _flow_to_grid(flow, indexing):
     """`flow_to_grid` of a checked field."""
-    dtype = coordinates.compute_dtype(flow.dtype)
+    dtype = coordinates.compute_dtype_name(flow.dtype)
     size = _spatial_size(flow)
-    spatial = len(size)
-    base = coordinates.base_grid(size, False, dtype)[..., :spatial]  # size x N, (x, y[, z])
+    displacement = _to_xy(ops.cast(flow, dtype), indexing)
+    base = grids.positions(size, False, dtype)[..., :-1]  # size x N, (x, y[, z])
+    if backend.kernels() is not None:  # JAX or PyTorch: static sizes
+        scale = ops.convert_to_tensor([2.0 / n for n in size[::-1]], dtype)  # a pixel, normalised
+        return base + displacement * scale
     # One pixel is 2 / n in normalised units (align_corners=False), n in (x, y[, z]) order.
     scale = 2.0 / tf.cast(tf.stack(size[::-1]), dtype)
-    displacement = _to_xy(tf.cast(flow, dtype), indexing) * scale
     # A reduction over the two terms rather than their sum, as in `grids.map_output_positions`:
     # XLA then writes the grid to memory once instead of recomputing it inside every loop of the
     # sampler that reads it, which keeps those loops vectorised.
-    terms = tf.stack([tf.broadcast_to(base, tf.shape(displacement)), displacement], axis=-1)
+    terms = tf.stack([tf.broadcast_to(base, tf.shape(displacement)), displacement * scale], axis=-1)
     return tf.reduce_sum(terms, axis=-1)
 
 
-@backend.tensorflow_only
 def warp(images, flow, interpolation="bilinear", padding_mode="zeros", indexing="ij"):
     """Warp `images` by a dense displacement field: `out[p] = images[p + flow[p]]`, in pixel units.
 
@@ -141,7 +148,7 @@ def warp(images, flow, interpolation="bilinear", padding_mode="zeros", indexing=
         >>> warp(images, shift)[0, :, :4, 0].shape  # out[h, w] = images[h, w + 1]
         TensorShape([4, 4])
     """
-    images = tf.convert_to_tensor(images)
+    images = as_tensor(images)
     flow = _check_field(flow, images=images)
     check_choice("indexing", indexing, INDEXINGS)
     return _warp(images, flow, interpolation, padding_mode, indexing)
@@ -153,7 +160,6 @@ def _warp(images, flow, interpolation, padding_mode, indexing):
     return grid_sample(images, grid, interpolation, padding_mode, align_corners=False)
 
 
-@backend.tensorflow_only
 def integrate_velocity(velocity, steps=7, indexing="ij", padding_mode="border"):
     """Integrate a stationary velocity field by scaling and squaring, as VoxelMorph's `VecInt`.
 
@@ -192,7 +198,6 @@ def integrate_velocity(velocity, steps=7, indexing="ij", padding_mode="border"):
     return flow
 
 
-@backend.tensorflow_only
 def compose_flows(first, second, indexing="ij"):
     """The field that moves pixels as `first` and then `second` do.
 
@@ -217,7 +222,6 @@ def compose_flows(first, second, indexing="ij"):
     return second + _warp(first, second, "bilinear", "border", indexing)
 
 
-@backend.tensorflow_only
 def resize_flow(flow, size, interpolation="bilinear"):
     """A displacement field resampled to another spatial size, its vectors rescaled to the new pixels.
 
@@ -238,16 +242,16 @@ def resize_flow(flow, size, interpolation="bilinear"):
         ValueError: for a field of the wrong shape or a `size` of another rank.
     """
     flow = _check_field(flow)
-    spatial = flow.shape.rank - 2
-    theta = tf.tile(tf.eye(spatial, spatial + 1, dtype=flow.dtype)[None], [tf.shape(flow)[0], 1, 1])
+    spatial = len(flow.shape) - 2
+    identity = ops.eye(spatial, spatial + 1, dtype=dtype_name(flow))[None]  # 1xNx(N+1)
+    theta = ops.tile(identity, [ops.shape(flow)[0], 1, 1])
     grid = affine_grid(theta, size)
     resized = grid_sample(flow, grid, interpolation=interpolation, padding_mode="border")
-    old = tf.cast(tf.stack(_spatial_size(flow)), flow.dtype)
-    new = tf.cast(tf.stack(_spatial_size(resized)), flow.dtype)
+    old = ops.cast(ops.stack(_spatial_size(flow)), flow.dtype)
+    new = ops.cast(ops.stack(_spatial_size(resized)), flow.dtype)
     return resized * (new / old)
 
 
-@backend.tensorflow_only
 def affine_to_flow(theta, size, align_corners=False, indexing="ij"):
     """The dense displacement field of an affine transform: `warp` by it is `grid_sample` of its grid.
 
@@ -268,16 +272,15 @@ def affine_to_flow(theta, size, align_corners=False, indexing="ij"):
     """
     check_choice("indexing", indexing, INDEXINGS)
     grid = affine_grid(theta, size, align_corners=align_corners)
-    dtype = coordinates.compute_dtype(grid.dtype)
-    grid = tf.cast(grid, dtype)
+    dtype = coordinates.compute_dtype_name(grid.dtype)
+    grid = ops.cast(grid, dtype)
     size = _spatial_size(grid)
-    sizes = tf.stack(size[::-1])  # (W, H[, D])
+    sizes = ops.cast(ops.stack(size[::-1]), dtype)  # (W, H[, D])
     pixels = coordinates.unnormalize(grid, sizes, align_corners)  # B x size x N, (x, y[, z])
-    base = coordinates.base_grid(size, align_corners, dtype)[..., :-1]
+    base = grids.positions(size, align_corners, dtype)[..., :-1]
     return _from_xy(pixels - coordinates.unnormalize(base, sizes, align_corners), indexing)
 
 
-@backend.tensorflow_only
 def jacobian_determinant(flow, indexing="ij"):
     """The determinant of the Jacobian of `p -> p + flow[p]` at every pixel: where it is <= 0 the
     deformation folds.
@@ -299,15 +302,15 @@ def jacobian_determinant(flow, indexing="ij"):
     flow = _check_field(flow)
     check_choice("indexing", indexing, INDEXINGS)
     flow = _check_differentiable(flow)
-    dtype = coordinates.compute_dtype(flow.dtype)
-    flow = tf.cast(flow, dtype)
+    flow = ops.cast(flow, coordinates.compute_dtype_name(flow.dtype))
     if indexing == "xy":  # to "ij": components in array order
-        flow = tf.reverse(flow, axis=[-1])
-    spatial = flow.shape.rank - 2
+        flow = ops.flip(flow, axis=-1)
+    spatial = len(flow.shape) - 2
     # rows[k][a] = d (p_k + u_k) / d p_a, with components and axes in array order.
     derivatives = [_gradient(flow, axis=1 + a) for a in range(spatial)]  # each B x size x N
-    eye = tf.eye(spatial, dtype=dtype)
-    rows = [[derivatives[a][..., k] + eye[k, a] for a in range(spatial)] for k in range(spatial)]
+    rows = [
+        [derivatives[a][..., k] + float(k == a) for a in range(spatial)] for k in range(spatial)
+    ]
     if spatial == 2:
         return rows[0][0] * rows[1][1] - rows[0][1] * rows[1][0]
     (a, b, c), (d, e, f), (g, h, i) = rows
@@ -320,24 +323,25 @@ def _check_differentiable(flow):
         "Argument `flow` must have at least 2 pixels along every spatial axis for "
         "`jacobian_determinant` (finite differences need two)."
     )
-    sizes = tf.TensorShape(flow.shape)[1:-1]
+    sizes = static_shape(flow)[1:-1]
     if any(size is not None and size < 2 for size in sizes):
-        raise ValueError(f"{message} Received: flow.shape={tf.TensorShape(flow.shape)}")
-    if sizes.is_fully_defined():
+        raise ValueError(f"{message} Received: flow.shape={shape_text(flow)}")
+    if None not in sizes:
         return flow
+    # Only TensorFlow traces unknown sizes: check them when the graph runs.
     check = tf.debugging.assert_greater_equal(tf.shape(flow)[1:-1], 2, message=message)
     with tf.control_dependencies([check]):
         return tf.identity(flow)
 
 
+def _along(x, axis, start=None, stop=None):
+    """`x[start:stop]` along `axis`."""
+    return x[(slice(None),) * axis + (slice(start, stop),)]
+
+
 def _gradient(x, axis):
     """`numpy.gradient` along `axis`: central differences, one-sided at both ends."""
-    n = tf.shape(x)[axis]
-    forward = tf.gather(x, tf.range(1, n), axis=axis) - tf.gather(x, tf.range(0, n - 1), axis=axis)
-    first = tf.gather(forward, [0], axis=axis)
-    last = tf.gather(forward, [n - 2], axis=axis)
-    inner = (
-        tf.gather(forward, tf.range(1, n - 1), axis=axis)
-        + tf.gather(forward, tf.range(0, n - 2), axis=axis)
-    ) / 2.0
-    return tf.concat([first, inner, last], axis=axis)
+    forward = _along(x, axis, 1) - _along(x, axis, None, -1)  # n - 1 differences
+    inner = (_along(forward, axis, 1) + _along(forward, axis, None, -1)) / 2.0
+    first, last = _along(forward, axis, None, 1), _along(forward, axis, -1)
+    return ops.concatenate([first, inner, last], axis=axis)

@@ -70,7 +70,21 @@ def output_positions(size, align_corners, dtype, dims=(2,)):
         `(H, W, 3)` holding `(x, y, 1)`, or `(D, H, W, 4)` holding `(x, y, z, 1)`.
     """
     check_bool("align_corners", align_corners)
-    return coordinates.base_grid(check_size(size, dims=dims), align_corners, dtype)
+    return positions(check_size(size, dims=dims), align_corners, dtype)
+
+
+def positions(size, align_corners, dtype):
+    """`output_positions` of a size known to be valid, on any backend (`dtype` a name or a dtype).
+
+    On JAX and PyTorch, the backend's map of the positions by the identity (static sizes), so that
+    one formula, `coordinates.linspace_normalized`'s, is restated only by the backends' own
+    `affine_grid`.
+    """
+    kernels = backend.kernels()
+    if kernels is None:
+        return coordinates.base_grid(size, align_corners, tf.as_dtype(dtype))
+    identity = ops.eye(len(size) + 1, dtype=dtype)[None]  # 1x(N+1)x(N+1)
+    return kernels.map_positions(identity, tuple(int(n) for n in size), align_corners)[0]
 
 
 def transform_points(points, matrices):
@@ -94,6 +108,9 @@ def transform_points(points, matrices):
     Returns:
         `(B, ..., J)`.
     """
+    kernels = backend.kernels()
+    if kernels is not None:  # JAX or PyTorch: the backend's full-precision product
+        return kernels.transform_points(points, matrices)
     shape = tf.concat([tf.shape(matrices)[:1], tf.shape(points)[:-1], tf.shape(matrices)[1:2]], 0)
     flat = tf.reshape(points, [-1, tf.shape(points)[-1]])  # NxK
     return tf.reshape(_transform_flat_points(flat, matrices), shape)

@@ -98,7 +98,14 @@ def map_positions(matrices, size, align_corners):
     axes = [_positions(n, align_corners) for n in size]  # array order: [D,] H, W
     mesh = np.meshgrid(*axes, indexing="ij")
     base = np.stack([*reversed(mesh), np.ones_like(mesh[0])], axis=-1).astype(matrices.dtype)
-    return jnp.einsum("...k,bjk->b...j", base, matrices, precision=jax.lax.Precision.HIGHEST)
+    return transform_points(base, matrices)
+
+
+def transform_points(points, matrices):
+    """`grids.transform_points`: points `(..., K)` by matrices `(B, J, K)`, `(B, ..., J)`, in full
+    precision on every device (JAX's default rounds float32 products to TF32 or bfloat16 on
+    accelerators)."""
+    return jnp.einsum("...k,bjk->b...j", points, matrices, precision=jax.lax.Precision.HIGHEST)
 
 
 def _positions(n, align_corners):

@@ -75,6 +75,13 @@ def map_positions(matrices, size, align_corners):
     identity = torch.eye(spatial, spatial + 1, dtype=matrices.dtype)[None]
     positions = F.affine_grid(identity, (1, 1, *size), align_corners=align_corners)  # 1 x size x N
     ones = torch.ones((*positions.shape[:-1], 1), dtype=matrices.dtype)
-    base = torch.cat([positions, ones], dim=-1).reshape(1, -1, spatial + 1)  # 1 x P x (N + 1)
-    mapped = torch.matmul(base, matrices.transpose(1, 2))  # B x P x J
-    return mapped.reshape(-1, *size, matrices.shape[1])
+    base = torch.cat([positions, ones], dim=-1)[0]  # size x (N + 1)
+    return transform_points(base, matrices)
+
+
+def transform_points(points, matrices):
+    """`grids.transform_points`: points `(..., K)` by matrices `(B, J, K)`, `(B, ..., J)` (a
+    matmul: PyTorch does not round float32 matmuls to TF32 unless asked to)."""
+    flat = points.reshape(1, -1, points.shape[-1])  # 1 x P x K
+    mapped = torch.matmul(flat, matrices.transpose(1, 2))  # B x P x J
+    return mapped.reshape(-1, *points.shape[:-1], matrices.shape[1])

@@ -20,11 +20,13 @@ dynamic).
 
 import functools
 
+import keras
 import numpy as np
 import tensorflow as tf
+from keras import ops
 
-from stn_keras.ops import backend, coordinates, grids
-from stn_keras.ops.validation import check_int
+from stn_keras.ops import coordinates, grids
+from stn_keras.ops.validation import as_tensor, check_int, shape_text, static_shape
 
 
 def _kernel(squared_distance):
@@ -33,8 +35,8 @@ def _kernel(squared_distance):
         safe = np.where(squared_distance > 0.0, squared_distance, 1.0)
         return squared_distance * np.log(safe)
     # log(1) = 0 where r == 0, so neither the value nor a gradient through it becomes NaN.
-    safe = tf.where(squared_distance > 0.0, squared_distance, tf.ones_like(squared_distance))
-    return squared_distance * tf.math.log(safe)
+    safe = ops.where(squared_distance > 0.0, squared_distance, ops.ones_like(squared_distance))
+    return squared_distance * ops.log(safe)
 
 
 def _check_control_points(control_points):
@@ -132,31 +134,30 @@ class PointSpline:
         """The kernel weights `w` `(B, K, 2)` and the affine part `a` `(B, 3, 2)` (rows for `(1, x,
         y)`) of a batch of sources `(B, K, 2)`, in their dtype."""
         sources = self._check_sources(sources)
-        coeffs = self._solve(sources, coordinates.compute_dtype(sources.dtype))  # Bx(K+3)x2
-        coeffs = tf.cast(coeffs, sources.dtype)
+        coeffs = self._solve(sources, coordinates.compute_dtype_name(sources.dtype))  # Bx(K+3)x2
+        coeffs = ops.cast(coeffs, sources.dtype)
         return coeffs[:, : self.num_points], coeffs[:, self.num_points :]
 
     def _solve(self, sources, dtype):
-        solver = tf.constant(self._solver, dtype)  # (K+3)xK
-        flat = tf.transpose(tf.cast(sources, dtype), [0, 2, 1])  # Bx2xK
+        solver = ops.convert_to_tensor(self._solver, dtype)  # (K+3)xK
+        flat = ops.transpose(ops.cast(sources, dtype), [0, 2, 1])  # Bx2xK
         return grids.transform_points(solver, flat)  # Bx(K+3)x2
 
     def grid(self, sources, size, align_corners=False):
         """The sampling grid `(B, H_out, W_out, 2)` of a batch of sources `(B, K, 2)`, in their
         dtype (arithmetic in at least float32); `size` may be dynamic."""
         sources = self._check_sources(sources)
-        dtype = coordinates.compute_dtype(sources.dtype)
+        dtype = coordinates.compute_dtype_name(sources.dtype)
         base = grids.output_positions(size, align_corners, dtype)  # HxWx3
-        points = tf.reshape(base[..., :2], [-1, 2])  # (H*W)x2
-        control = tf.constant(self.points, dtype)  # Kx2
-        squared = tf.reduce_sum(tf.square(points[:, None, :] - control[None]), axis=-1)
-        basis = tf.concat(
-            [_kernel(squared), tf.ones_like(points[:, :1]), points], axis=-1
+        points = ops.reshape(base[..., :2], [-1, 2])  # (H*W)x2
+        control = ops.convert_to_tensor(self.points, dtype)  # Kx2
+        squared = ops.sum(ops.square(points[:, None, :] - control[None]), axis=-1)
+        basis = ops.concatenate(
+            [_kernel(squared), ops.ones_like(points[:, :1]), points], axis=-1
         )  # (H*W)x(K+3), columns matching [w; a]
-        coeffs = tf.transpose(self._solve(sources, dtype), [0, 2, 1])  # Bx2x(K+3)
+        coeffs = ops.transpose(self._solve(sources, dtype), [0, 2, 1])  # Bx2x(K+3)
         grid = grids.transform_points(basis, coeffs)  # Bx(H*W)x2
-        shape = [coordinates.dim(sources, 0), coordinates.dim(base, 0), coordinates.dim(base, 1), 2]
-        return tf.cast(tf.reshape(grid, shape), sources.dtype)  # BxHxWx2
+        return ops.cast(_grid_shape(grid, sources, base), sources.dtype)  # BxHxWx2
 
 
 class ThinPlateSpline(PointSpline):
@@ -185,7 +186,7 @@ class ThinPlateSpline(PointSpline):
     def _check_targets(self, targets):
         k = self.control_points
         targets = grids.check_params(targets, "targets", (k, k, 2), f"(B, {k}, {k}, 2)")
-        return tf.reshape(targets, [-1, self.num_points, 2])
+        return ops.reshape(targets, [-1, self.num_points, 2])
 
     def coefficients(self, targets):
         """The spline's coefficients for targets `(B, K, K, 2)`: the kernel weights `w`,
@@ -231,7 +232,6 @@ def _cached_spline(control_points):
     return ThinPlateSpline(control_points)
 
 
-@backend.tensorflow_only
 def tps_grid(targets, size, align_corners=False):
     """Sampling grid of a batch of thin-plate splines on a regular K x K lattice of control points.
 
@@ -260,12 +260,13 @@ def tps_grid(targets, size, align_corners=False):
         >>> tps_grid(tf.constant(identity, tf.float32), (8, 8)).shape
         TensorShape([1, 8, 8, 2])
     """
-    shape = tf.TensorShape(tf.convert_to_tensor(targets).shape)
-    k = shape[1] if shape.rank == 4 else None
+    targets = as_tensor(targets)
+    shape = static_shape(targets)
+    k = shape[1] if shape is not None and len(shape) == 4 else None
     if k is None or k < 2 or shape[2:] != (k, 2):
         raise ValueError(
             "Argument `targets` must have shape (B, K, K, 2) with a static K >= 2. "
-            f"Received: targets.shape={shape}"
+            f"Received: targets.shape={shape_text(targets)}"
         )
     return thin_plate_spline(k).grid(targets, size, align_corners=align_corners)
 
@@ -290,12 +291,22 @@ def _cached_point_spline(points, regularization, name):
     return PointSpline(np.array(points), regularization, name=name)
 
 
+def _grid_shape(grid, sources, base):
+    """The flat grid `(B, P, 2)` of the positions `base` `(H, W, 3)` as `(B, H, W, 2)`."""
+    shape = [coordinates.dim(sources, 0), coordinates.dim(base, 0), coordinates.dim(base, 1), 2]
+    return ops.reshape(grid, shape)
+
+
 def _constant_points(points):
     """`points` as a float64 numpy `(K, 2)` array when they are a constant, else `None`."""
     if isinstance(points, tf.Tensor | tf.Variable):
         if not tf.executing_eagerly() or points.shape.rank != 2:
             return None
         points = points.numpy()
+    elif keras.ops.is_tensor(
+        points
+    ):  # JAX or PyTorch: a tensor is solved as one (it may be traced)
+        return None
     array = np.asarray(points, dtype=np.float64)
     return array if array.ndim == 2 else None
 
@@ -303,35 +314,34 @@ def _constant_points(points):
 def _solve_in_graph(sources, targets, regularization, dtype):
     """The coefficients `(B, K + 3, 2)` of splines whose control points are a tensor `(B, K, 2)`."""
     k = targets.shape[1]
-    squared = tf.reduce_sum(tf.square(targets[:, :, None] - targets[:, None]), axis=-1)  # BxKxK
-    kernel = _kernel(squared) + 2.0 * regularization * tf.eye(k, dtype=dtype)
-    affine = tf.concat([tf.ones_like(targets[..., :1]), targets], axis=-1)  # BxKx3
-    top = tf.concat([kernel, affine], axis=-1)  # BxKx(K+3)
-    bottom = tf.concat([tf.transpose(affine, [0, 2, 1]), tf.zeros_like(affine[:, :3, :3])], -1)
-    system = tf.concat([top, bottom], axis=1)  # Bx(K+3)x(K+3)
-    rhs = tf.concat([sources, tf.zeros_like(sources[:, :3])], axis=1)  # Bx(K+3)x2
-    return tf.linalg.solve(system, rhs)
+    squared = ops.sum(ops.square(targets[:, :, None] - targets[:, None]), axis=-1)  # BxKxK
+    kernel = _kernel(squared) + 2.0 * regularization * ops.eye(k, dtype=dtype)
+    affine = ops.concatenate([ops.ones_like(targets[..., :1]), targets], axis=-1)  # BxKx3
+    top = ops.concatenate([kernel, affine], axis=-1)  # BxKx(K+3)
+    corner = ops.zeros_like(affine[:, :3, :3])  # Bx3x3
+    bottom = ops.concatenate([ops.transpose(affine, [0, 2, 1]), corner], axis=-1)  # Bx3x(K+3)
+    system = ops.concatenate([top, bottom], axis=1)  # Bx(K+3)x(K+3)
+    rhs = ops.concatenate([sources, ops.zeros_like(sources[:, :3])], axis=1)  # Bx(K+3)x2
+    return ops.solve(system, rhs)
 
 
 def _grid_in_graph(sources, targets, size, regularization, align_corners):
     """`tps_grid_from_points` for control points given as a tensor: solved per call, in the graph."""
-    dtype = coordinates.compute_dtype(sources.dtype, targets.dtype)
-    sources, targets = tf.cast(sources, dtype), tf.cast(targets, dtype)
-    if targets.shape.rank == 2:
-        targets = tf.broadcast_to(targets[None], tf.shape(sources))
+    dtype = coordinates.compute_dtype_name(sources.dtype, targets.dtype)
+    sources, targets = ops.cast(sources, dtype), ops.cast(targets, dtype)
+    if len(targets.shape) == 2:
+        targets = ops.broadcast_to(targets[None], ops.shape(sources))
     coeffs = _solve_in_graph(sources, targets, regularization, dtype)  # Bx(K+3)x2
     base = grids.output_positions(size, align_corners, dtype)  # HxWx3
-    points = tf.reshape(base[..., :2], [-1, 2])  # Px2
-    squared = tf.reduce_sum(tf.square(points[None, :, None] - targets[:, None]), axis=-1)  # BxPxK
-    ones = tf.ones_like(squared[..., :1])
-    basis = tf.concat([_kernel(squared), ones, ones * points[None]], axis=-1)  # BxPx(K+3)
+    points = ops.reshape(base[..., :2], [-1, 2])  # Px2
+    squared = ops.sum(ops.square(points[None, :, None] - targets[:, None]), axis=-1)  # BxPxK
+    ones = ops.ones_like(squared[..., :1])
+    basis = ops.concatenate([_kernel(squared), ones, ones * points[None]], axis=-1)  # BxPx(K+3)
     # A broadcast sum, not a matmul: TF32 on recent GPUs would move the points (`grids`).
-    grid = tf.reduce_sum(basis[..., None] * coeffs[:, None], axis=-2)  # BxPx2
-    shape = [coordinates.dim(sources, 0), coordinates.dim(base, 0), coordinates.dim(base, 1), 2]
-    return tf.reshape(grid, shape)
+    grid = ops.sum(basis[..., None] * coeffs[:, None], axis=-2)  # BxPx2
+    return _grid_shape(grid, sources, base)
 
 
-@backend.tensorflow_only
 def tps_grid_from_points(
     source_points, target_points, size, regularization=0.0, align_corners=False
 ):
@@ -350,7 +360,7 @@ def tps_grid_from_points(
         target_points: `(K, 2)` positions shared by the batch (numpy, a list, or an eager or
             symbolic tensor), or a tensor `(B, K, 2)`; K >= 3, not all on one line. Constant
             points are checked and their system inverted once (float64, cached); a tensor is
-            solved in the graph on every call (`tf.linalg.solve`, differentiable w.r.t. both).
+            solved in the graph on every call (`keras.ops.solve`, differentiable w.r.t. both).
         size: `(H_out, W_out)`, Python ints or scalar integer tensors (may be dynamic).
         regularization: lambda >= 0 on the kernel's diagonal, in SciPy's `smoothing` units: 0
             passes through every point, more gives a smoother least-squares spline. Defaults to
@@ -378,8 +388,8 @@ def tps_grid_from_points(
     if constant is not None:
         spline = point_spline(constant, regularization, name="target_points")
         return spline.grid(source_points, size, align_corners)
-    targets = tf.convert_to_tensor(target_points)
-    if targets.shape.rank == 2:  # (K, 2) shared by the batch, known only when the graph runs
+    targets = as_tensor(target_points)
+    if len(targets.shape) == 2:  # (K, 2) shared by the batch, known only when the graph runs
         targets = grids.check_params(targets, "target_points", (2,), "(K, 2) or (B, K, 2)")
         k = targets.shape[0]
     else:
@@ -389,7 +399,7 @@ def tps_grid_from_points(
     if k is not None and k < 3:
         raise ValueError(f"Argument `target_points` must hold at least 3 points. Received: {k}")
     out = _grid_in_graph(sources, targets, size, regularization, align_corners)
-    return tf.cast(out, sources.dtype)
+    return ops.cast(out, sources.dtype)
 
 
 def fiducial_points(count=20, margins=(0.05, 0.05)):

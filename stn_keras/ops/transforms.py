@@ -12,10 +12,9 @@ import inspect
 from collections.abc import Callable
 
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
-from stn_keras.ops import backend, grids, tps
+from stn_keras.ops import grids, tps
 from stn_keras.ops.validation import (
     as_tensor,
     check_choice,
@@ -148,8 +147,7 @@ def _tps(spatial_dims, control_points=4):
     k = spline.num_points
 
     def grid_fn(params, size, align_corners):
-        backend.require_tensorflow("The 'tps' transform")
-        return tps.PointSpline.grid(spline, tf.reshape(params, [-1, k, 2]), size, align_corners)
+        return tps.PointSpline.grid(spline, ops.reshape(params, [-1, k, 2]), size, align_corners)
 
     identity = spline.points.reshape(-1)
     return Transform("tps", identity, grid_fn, {"control_points": option})

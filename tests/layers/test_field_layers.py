@@ -7,24 +7,7 @@ import tensorflow as tf
 
 from stn_keras import IntegrateVelocity, Warp
 from stn_keras.testing.layers import check_config_round_trip
-
-
-def registration_model(shape=(12, 12, 1), steps=3):
-    """`[moving, fixed] -> [warped, flow]`: a convolution predicts a velocity, integrated and applied."""
-    moving, fixed = keras.Input(shape, name="moving"), keras.Input(shape, name="fixed")
-    spatial = len(shape) - 1
-    conv = keras.layers.Conv2D if spatial == 2 else keras.layers.Conv3D
-    features = keras.layers.Concatenate()([moving, fixed])
-    velocity = conv(
-        spatial,
-        3,
-        padding="same",
-        kernel_initializer=keras.initializers.RandomNormal(stddev=0.3, seed=0),
-        name="velocity",
-    )(features)
-    flow = IntegrateVelocity(steps=steps, name="integrate")(velocity)
-    warped = Warp(padding_mode="border", name="warp")([moving, flow])
-    return keras.Model([moving, fixed], [warped, flow], name="registration")
+from tests.backends.save_model import registration_model
 
 
 def test_warp_layer_shifts_by_a_constant_integer_flow():

@@ -21,16 +21,6 @@ from stn_keras.testing.ops import run_op
 from tests import oracle
 
 
-def _grid_of_flow(flow):
-    """The normalised grid (align_corners=False) reading pixel p + flow[p], computed in numpy from
-    the definition: pixel i of n sits at (2 i + 1) / n - 1; flow in "ij" order."""
-    size = flow.shape[1:-1]
-    positions = np.stack(np.meshgrid(*(np.arange(n) for n in size), indexing="ij"), -1)
-    target = positions + flow  # array order
-    normalised = (2.0 * target + 1.0) / np.array(size) - 1.0
-    return normalised[..., ::-1]  # (x, y[, z])
-
-
 def _smooth_field(rng, shape, amplitude):
     """A smooth random field: a few low-frequency sines per component."""
     batch, *size, n = shape
@@ -68,7 +58,7 @@ def test_warp_matches_onnxruntime_on_base_grid_plus_flow(kind, padding_mode, int
     flow = rng.uniform(-2.5, 2.5, size=flow_shape)
     options = dict(interpolation=interpolation, padding_mode=padding_mode)
     got = run_op(warp, images, flow, mode=mode, **options)
-    want = oracle.grid_sample(images, _grid_of_flow(flow), align_corners=False, **options)
+    want = oracle.grid_sample(images, oracle.grid_of_flow(flow), align_corners=False, **options)
     np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-12)
 
 
@@ -331,32 +321,24 @@ def test_jacobian_determinant_of_a_one_pixel_axis_raises():
         jacobian_determinant(tf.zeros((1, 1, 4, 2)))
 
 
-def _monai_cases():
-    import json
-    import pathlib
-
-    path = pathlib.Path(__file__).parents[1] / "fixtures" / "monai_fields.json"
-    return json.loads(path.read_text())["cases"]
-
-
-# MONAI computes in float32: each bilinear warp of O(1) values is a few dozen float32 operations
-# (~1e-6 relative), and each squaring step can amplify earlier errors by 1 + |grad v| (< 2 here),
-# so 3 steps stay within 2e-5 of displacements of a few pixels.
-MONAI_ATOL = 2e-5
-
-
-@pytest.mark.parametrize("case", _monai_cases(), ids=lambda c: "x".join(map(str, c["shape"])))
+@pytest.mark.parametrize(
+    "case", oracle.monai_field_cases(), ids=lambda c: "x".join(map(str, c["shape"]))
+)
 def test_integrate_velocity_with_zeros_padding_matches_monai_dvf2ddf(case):
     velocity = np.array(case["velocity"], "float32")
     flow = integrate_velocity(velocity, steps=case["steps"], padding_mode="zeros").numpy()
-    np.testing.assert_allclose(flow, np.array(case["dvf2ddf_zeros"]), rtol=0, atol=MONAI_ATOL)
+    np.testing.assert_allclose(
+        flow, np.array(case["dvf2ddf_zeros"]), rtol=0, atol=oracle.MONAI_ATOL
+    )
     # MONAI's fields reach the border: the default "border" integration differs there.
     border = integrate_velocity(velocity, steps=case["steps"]).numpy()
     assert np.max(np.abs(border - np.array(case["dvf2ddf_zeros"]))) > 1e-3
 
 
 @pytest.mark.parametrize("padding_mode", ["zeros", "border"])
-@pytest.mark.parametrize("case", _monai_cases(), ids=lambda c: "x".join(map(str, c["shape"])))
+@pytest.mark.parametrize(
+    "case", oracle.monai_field_cases(), ids=lambda c: "x".join(map(str, c["shape"]))
+)
 def test_warp_matches_monai_warp(case, padding_mode):
     image = np.array(case["image"], "float32")
     ddf = np.array(case["dvf2ddf_zeros"], "float32")
