@@ -1,7 +1,7 @@
 """The JAX backend's kernels: the sampler's taps gathered with `jax.numpy`, and the affine grid.
 
 The taps, their weights and the padding rules are the ones every backend shares
-(`sampling._KERNELS`, `sampling._axis_taps`, `coordinates`); this module only gathers and sums
+(`sampling.KERNELS`, `sampling.axis_taps`, `coordinates`); this module only gathers and sums
 them. Gradients are JAX's own through the weights, with two rules of PyTorch's written in:
 padding's derivative is PyTorch's set-grad multiplier (`_pad`, 0 on a clipping border), and a tap
 that is not read contributes an exact 0 by a select (0 * NaN is NaN), as does a non-finite grid
@@ -48,12 +48,12 @@ def grid_sample(images, grid, interpolation, padding_mode, align_corners):
     grid = jnp.where(finite[..., None], jnp.clip(grid, -limit, limit), 0.0)
     sizes = np.array(in_size[::-1], dtype)  # W, H[, D]: the grid's order
     pixels = coordinates.unnormalize(grid, sizes, align_corners)
-    kernel, pad_taps = sampling._KERNELS[interpolation]
+    kernel, pad_taps = sampling.KERNELS[interpolation]
     if not pad_taps:
         pixels = _pad(pixels, sizes, padding_mode, align_corners)
     index_dtype = "int32" if images.size < 2**31 else "int64"
     per_component = [
-        sampling._axis_taps(
+        sampling.axis_taps(
             pixels[..., k],
             in_size[spatial - 1 - k],
             kernel,

@@ -1,6 +1,6 @@
 """The sampler's export kernel: the same numbers as the training kernel, in ops every runtime has.
 
-The training kernel (`stn_keras.ops.sampling._interpolate`) is shaped for XLA: `is_finite` and
+The training kernel (`stn_keras.ops.sampling.forward._interpolate`) is shaped for XLA: `is_finite` and
 `reduce_all`, int64 rows gathered by 3-D index tensors, `add_n`, selects against `zeros_like`, and a
 hand-written backward pass. Exported graphs run elsewhere (onnxruntime-web, OpenVINO, TensorRT, the
 LiteRT GPU delegate), which each lack some of those ops or run them wrongly; an export traces the
@@ -130,7 +130,7 @@ def sample(images, grid, interpolation, padding_mode, align_corners, kernels, ax
         grid: `(B, *out, N)` in the compute dtype, last axis `(x, y[, z])`.
         interpolation, padding_mode, align_corners: as in `grid_sample`.
         kernels, axis_taps: the training kernel's per-axis tap kernels and taps along one axis
-            (`sampling._KERNELS`, `sampling._axis_taps`), shared with it.
+            (`sampling.KERNELS`, `sampling.axis_taps`), shared with it.
 
     Returns:
         `(B, *out, C)` in the compute dtype.

@@ -27,7 +27,7 @@ def _compiled(fn, jit):
 
 
 # The backward pass sums over up to 4 channels one at a time and reduces over more, and scatters the
-# image gradient of an odd channel count in rows one channel wider (see `stn_keras.ops.sampling`):
+# image gradient of an odd channel count in rows one channel wider (see `stn_keras.ops.sampling.backward`):
 # 1 channel takes the per-channel layout unpadded, 3 and 5 take one layout each, padded. Eagerly in
 # both align_corners; under XLA (the same graph, compiled) in one, which keeps the suite in budget.
 @pytest.mark.parametrize("channels", [1, 3, 5])
