@@ -102,21 +102,29 @@ def worker(backend, threads, rounds, quick):
     json.dump(records, sys.stdout)
 
 
-def _run_worker(backend, args):
+def _start_worker(backend, args):
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    command = [
-        sys.executable,
-        "-m",
-        "benchmarks.backends",
-        "--worker",
-        backend,
-        "--rounds",
-        str(args.rounds),
-    ]
+    command = [sys.executable, "-m", "benchmarks.backends", "--worker", backend]
+    command += ["--rounds", str(args.rounds)]
     command += ["--threads", str(args.threads)] if args.threads else []
     command += ["--quick"] if args.quick else []
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
-    return json.loads(done.stdout)
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _records(process):
+    out, err = process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"a backend worker failed: {err.decode(errors='replace')[-2000:]}")
+    return json.loads(out)
+
+
+def _run_workers(args):
+    """Every backend's records. The timed runs go one at a time; `--quick` (a smoke test of the
+    pipeline, whose times mean nothing) starts them together."""
+    if args.quick:
+        processes = [_start_worker(backend, args) for backend in BACKENDS]
+        return [r for process in processes for r in _records(process)]
+    return [r for backend in BACKENDS for r in _records(_start_worker(backend, args))]
 
 
 def markdown(records, command):
@@ -157,7 +165,7 @@ def main(argv=None):
     if args.worker:
         worker(args.worker, args.threads, args.rounds, args.quick)
         return 0
-    records = [r for backend in BACKENDS for r in _run_worker(backend, args)]
+    records = _run_workers(args)
     out = pathlib.Path(args.out)
     command = "python -m benchmarks.backends " + " ".join(
         argv if argv is not None else sys.argv[1:]

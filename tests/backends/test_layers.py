@@ -2,6 +2,7 @@
 `model.fit` (compiled where the backend compiles), mixed precision, volumes, run-time batch
 sizes, a clear error for what runs on TensorFlow only, and `.keras` files that cross backends."""
 
+import hashlib
 import os
 import pathlib
 import subprocess
@@ -117,10 +118,28 @@ def test_the_registration_layers_train_with_fit():
 SAVED = pytest.mark.xdist_group("saved_models")
 
 
+def _sources_digest():
+    """A digest of what the saved files depend on: the package, the model builder, the versions."""
+    import importlib.metadata
+
+    digest = hashlib.sha256()
+    files = sorted((ROOT / "stn_keras").rglob("*.py")) + [ROOT / "tests/backends/save_model.py"]
+    for path in files:
+        digest.update(path.read_bytes())
+    for package in ("keras", "tensorflow", "jax", "torch"):
+        digest.update(importlib.metadata.version(package).encode())
+    return digest.hexdigest()[:16]
+
+
 @pytest.fixture(scope="module")
-def saved_models(tmp_path_factory):
-    """`.keras` files and predictions written by each backend, each in its own process."""
-    out = tmp_path_factory.mktemp("saved")
+def saved_models(request):
+    """`.keras` files and predictions written by each backend, each in its own process.
+
+    Kept in pytest's cache under a digest of the sources, so that the README's test command writes
+    them once for its three backend runs; a half-written set (no `done` marker) is rewritten."""
+    out = request.config.cache.mkdir(f"saved-models-{_sources_digest()}")
+    if (out / "done").exists():
+        return out
     for backend in ("tensorflow", "jax", "torch"):
         env = {**os.environ, "KERAS_BACKEND": backend}
         subprocess.run(
@@ -131,6 +150,7 @@ def saved_models(tmp_path_factory):
             capture_output=True,
             timeout=300,
         )
+    (out / "done").write_text("")
     return out
 
 
