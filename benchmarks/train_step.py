@@ -14,6 +14,9 @@ is timed is a whole training step (forward, loss, backward, update), as users ru
 - `torch-eager` and `torch-compile`: the same layers, initialisation aside, in PyTorch
   (`F.interpolate`, `F.affine_grid`, `F.grid_sample`), channels-first, `torch.optim.Adam`, 16
   steps per call; the compiled one wraps the model in `torch.compile`;
+- `keras-fit on jax` and `keras-fit on torch`: `model.fit` on the other Keras backends, each in a
+  process of its own (`KERAS_BACKEND`; `jit_compile=True` on JAX, eager on PyTorch), timed
+  interleaved with PyTorch eager in that same process, whose figure the row also gives;
 - `trainer-1-process` and `trainer-2-workers`: whole runs of `python -m examples.multiworker
   --workers 1` and `--workers 2` (mnist5k, RTS), their steady images per second (the epochs after
   the first) from `metrics.json`. Both workers share this machine's CPUs (the launcher gives each
@@ -155,6 +158,43 @@ def torch_steps(steps, compiled, transformer=True):
     return run, params
 
 
+def backend_worker(backend, steps, rounds):
+    """Time `model.fit` on this process's Keras backend beside PyTorch eager; print JSON."""
+    race = {
+        f"keras-fit on {backend}": keras_fit_steps(steps, jit_compile=backend == "jax"),
+        "torch-eager": torch_steps(steps, compiled=False)[0],
+    }
+    timings = timing.time_interleaved(race, rounds=rounds, warmup=2, target_s=0.0)
+    json.dump(timings, sys.stdout)
+
+
+def backend_rows(backend, steps, rounds):
+    """`{"keras-fit on BACKEND": row}` from a process running Keras on `backend`."""
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    command = [sys.executable, "-m", "benchmarks.train_step", "--worker", backend, "--out", "-"]
+    command += ["--steps", str(steps), "--rounds", str(rounds)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    name = f"keras-fit on {backend}"
+    if done.returncode != 0:
+        return {name: {"error": (done.stderr.strip().splitlines() or ["?"])[-1][:500], "how": ""}}
+    timings = json.loads(done.stdout)
+    ours, theirs = timings[name], timings["torch-eager"]
+    if "error" in ours or "error" in theirs:
+        return {name: {"error": ours.get("error") or theirs["error"], "how": ""}}
+    torch_rate = steps * BATCH * 1e3 / theirs["median_ms"]
+    return {
+        name: {
+            "images_per_second": steps * BATCH * 1e3 / ours["median_ms"],
+            "median_ms": ours["median_ms"],
+            "q1_ms": ours["q1_ms"],
+            "q3_ms": ours["q3_ms"],
+            "torch_eager_same_process": torch_rate,
+            "how": f"own process, median of {ours['samples']} calls of {steps} steps interleaved "
+            f"with PyTorch eager there ({torch_rate:.0f} images / s)",
+        }
+    }
+
+
 def worker_throughput(workers, epochs, max_train, threads=None):
     """Steady images per second of `examples.multiworker` with `workers` processes."""
     with tempfile.TemporaryDirectory() as out:
@@ -241,7 +281,11 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=16, help="training steps per timed call")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--no-workers", action="store_true")
+    parser.add_argument("--no-backends", action="store_true", help="skip JAX and PyTorch's Keras")
+    parser.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker:
+        return backend_worker(args.worker, args.steps, args.rounds)
 
     from benchmarks.run import _commit, _machine
 
@@ -282,6 +326,10 @@ def main(argv=None):
             results["torch_parameters"] = params
         except ImportError as error:
             rows["torch"] = {"error": f"not importable: {error}"}
+    if not args.no_backends:
+        for backend in ("jax", "torch"):
+            rows.update(backend_rows(backend, k, args.rounds))
+            print(backend, rows[f"keras-fit on {backend}"], flush=True)
     timings = timing.time_interleaved(steps, rounds=args.rounds, warmup=2, target_s=0.0)
     for name, stats in timings.items():
         if "error" in stats:
