@@ -307,3 +307,27 @@ def test_the_registration_model_trains_on_two_workers_as_in_one_process(tmp_path
     assert set(history) == {"loss", "warp_loss", "integrate_loss"} == set(expected)
     for key, values in expected.items():
         np.testing.assert_allclose(history[key], values, rtol=1e-6, err_msg=key)
+
+
+def test_jax_backend_in_a_tensorflow_process_is_a_flag_error_and_writes_nothing(tmp_path, capsys):
+    # This process already runs Keras on TensorFlow: --backend jax cannot train here.
+    out = tmp_path / "out"
+    status = multiworker.main([*TINY, "--backend", "jax", "--workers", "1", "--out", str(out)])
+    assert status == 2 and not out.exists()
+    assert "--backend jax" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"coordinator": "127.0.0.1:1"}',
+        "not json",
+        '{"coordinator": "h:1", "processes": 2, "process": 2}',
+    ],
+)
+def test_a_malformed_jax_cluster_variable_is_refused_naming_it(monkeypatch, raw):
+    from examples import multiworker_jax
+
+    monkeypatch.setenv(multiworker_jax.CLUSTER_VARIABLE, raw)
+    with pytest.raises(ValueError, match=multiworker_jax.CLUSTER_VARIABLE):
+        multiworker_jax.cluster()
