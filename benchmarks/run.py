@@ -115,6 +115,14 @@ def _commit():
         return "unknown"
 
 
+def _command(argv):
+    """The command line that reproduces the run, with the XLA flags it ran under (they change what
+    XLA compiles, e.g. its scheduler)."""
+    flags = os.environ.get("XLA_FLAGS")
+    prefix = f"XLA_FLAGS='{flags}' " if flags else ""
+    return prefix + "python -m benchmarks.run " + " ".join(argv)
+
+
 def _machine(modules):
     import keras
     import tensorflow as tf
@@ -170,8 +178,7 @@ def main(argv=None):
         set_threads(args.threads)
     modules = family_modules(args.families)
     results = {
-        "command": "python -m benchmarks.run "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": _command(argv if argv is not None else sys.argv[1:]),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": _commit(),
         "rounds": args.rounds,

@@ -246,9 +246,11 @@ def write_results(out, args, model, run):
         "history": _history_rows(run["history"], throughput, run["images_per_epoch"]),
     }
     write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    speed = metrics["images_per_second"]
+    trained = f"{speed} images/s" if speed is not None else "every epoch was done already"
     print(
         f"test accuracy {100 * run['test_accuracy']:.2f}% on {run['test_images']} images; "
-        f"{metrics['images_per_second']} images/s on {run['workers']} worker(s); wrote {out}",
+        f"{trained} on {run['workers']} worker(s); wrote {out}",
         flush=True,
     )
 
