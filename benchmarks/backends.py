@@ -129,8 +129,10 @@ def _run_workers(args):
 
 def markdown(records, command):
     """One table: per case and task, each backend's time and PyTorch's best layout's over it."""
+    from benchmarks.run import provenance
+
     lines = [
-        f"`{command}`: median ms (interquartile range); ratio = PyTorch's faster layout "
+        f"`{command}` {provenance()}: median ms (interquartile range); ratio = PyTorch's faster layout "
         "(eager, timed in the same process) / ours: above 1, ours is faster.",
         "",
         "| case | task | ours | ms | PyTorch eager ms | ratio |",

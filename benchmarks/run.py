@@ -101,6 +101,12 @@ def _cpu_model():
     return platform.processor() or "unknown CPU"
 
 
+def provenance():
+    """`at COMMIT, DATE; CPU, N CPUs`: where and when a report was measured."""
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return f"at {_commit()}, {date}; {_cpu_model()}, {os.cpu_count()} CPUs"
+
+
 def _commit():
     try:
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

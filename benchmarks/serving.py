@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import tempfile
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -26,6 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from benchmarks.run import provenance  # noqa: E402
 from benchmarks.timing import time_interleaved  # noqa: E402
 from examples import distorted_digits, register  # noqa: E402
 from stn_keras.export import export, runners  # noqa: E402
@@ -100,8 +100,7 @@ def measure(rounds):
 def markdown(results, command):
     names = list(next(iter(results.values())))
     lines = [
-        f"`{command}` on {platform.processor() or platform.machine()}, {os.cpu_count()} cores: "
-        f"median ms (ratio to {BASELINE}).",
+        f"`{command}` {provenance()}: median ms (ratio to {BASELINE}).",
         "",
         "| runtime | " + " | ".join(results) + " |",
         "|---|" + "---|" * len(results),

@@ -155,7 +155,9 @@ def test_cluster_result_equals_single_process_training(killed_and_resumed):
     )
 
 
-def test_a_rerun_of_a_finished_run_trains_nothing_and_keeps_its_weights(killed_and_resumed, tmp_path):
+def test_a_rerun_of_a_finished_run_trains_nothing_and_keeps_its_weights(
+    killed_and_resumed, tmp_path
+):
     # A copy of the single-process run: a rerun finds every epoch checkpointed.
     finished = tmp_path / "finished"
     shutil.copytree(killed_and_resumed["single"], finished)
