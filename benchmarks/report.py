@@ -28,6 +28,7 @@ COLUMNS = (
     "onnx-native",
     "memcpy",
     "xla-call",
+    "xla-scatter",
 )
 REFERENCE = "ours-xla"
 

@@ -72,12 +72,19 @@ def _parse(argv):
     parser.add_argument(
         "--no-memory", action="store_true", help="skip the peak-memory child process"
     )
+    parser.add_argument(
+        "--contenders",
+        default="",
+        help="comma-separated contender names to keep (e.g. ours-xla,torch-cl). Defaults to all.",
+    )
     args = parser.parse_args(argv)
     args.families = [f for f in args.families.split(",") if f]
     args.tasks = [t for t in args.tasks.split(",") if t]
+    args.contenders = [c for c in args.contenders.split(",") if c]
     for value, allowed, flag in (
         (args.families, tuple(FAMILIES), "families"),
         (args.tasks, ALL_TASKS, "tasks"),
+        (args.contenders, report.COLUMNS, "contenders"),
     ):
         unknown = sorted(set(value) - set(allowed))
         if unknown:
@@ -223,6 +230,8 @@ def main(argv=None):
                             "error": f"{type(error).__name__}: {error}"[:500],
                         }
                     )
+            if args.contenders:
+                contenders = {n: c for n, c in contenders.items() if n in args.contenders}
             if task in ("forward", "warp_forward"):
                 results["checks"] += _check_forward(case, contenders, task)
             timings = timing.time_interleaved(

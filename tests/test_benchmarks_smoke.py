@@ -1,8 +1,14 @@
 """The benchmark harness runs end to end on one tiny shape and writes the rows it promises."""
 
 import json
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
 
 from benchmarks import memory, run
+from benchmarks.contenders import floors
 from benchmarks.suite import QUICK_SUITE, QUICK_WARP_SUITE, TASKS, WARP_TASKS
 
 # torch is optional (the `bench` extra) and tests never import it: run the families that need no torch.
@@ -18,6 +24,7 @@ def test_quick_run_writes_json_and_markdown_with_every_row(tmp_path):
         for mode in ("eager", "graph", "xla"):
             assert (task, f"ours-{mode}") in timed
         assert (task, "xla-call") in timed
+    assert ("backward_all", "xla-scatter") in timed
     for contender in (
         "tf-projective",
         "keras-map-coordinates",
@@ -52,6 +59,30 @@ def test_quick_run_writes_json_and_markdown_with_every_row(tmp_path):
     ):
         assert heading in markdown
     assert f"| {QUICK_SUITE[0].name} |" in markdown
+
+
+def test_contenders_keeps_only_the_named_ones_and_refuses_unknown_names(tmp_path, capsys):
+    argv = ["--out", str(tmp_path), "--quick", "--rounds", "1", "--no-memory"]
+    argv += ["--families", "ours,floors", "--tasks", "backward_all"]
+    run.main([*argv, "--contenders", "ours-xla,xla-scatter"])
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert {r["contender"] for r in results["timings"]} == {"ours-xla", "xla-scatter"}
+    with pytest.raises(SystemExit) as exit_info:
+        run.main([*argv, "--contenders", "ours-xla,fastest"])
+    assert exit_info.value.code == 2 and "`--contenders`" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", [QUICK_SUITE[0], QUICK_WARP_SUITE[1]], ids=lambda c: c.name)
+def test_the_scatter_floor_adds_every_update_once_per_tap(case):
+    # 4 taps for an image, 8 for a volume; every row is inside the image, so nothing is dropped.
+    # float64: per channel n <= 3,840 additions of N(0, 1) terms, sum |x| ~ 0.8 n, so the order of
+    # the sums changes them by at most n * eps64 * sum |x| ~ 3,840 * 1.1e-16 * 3,100 = 1.3e-9.
+    upstream = np.random.default_rng(0).standard_normal((case.batch, *case.out_size, case.channels))
+    gradient = floors._scatter_floor(case, tf.constant(upstream)).run().numpy()
+    assert gradient.shape == (case.batch * math.prod(case.in_size), case.channels)
+    taps = 2 ** len(case.in_size)
+    want = taps * upstream.reshape(-1, case.channels).sum(0)
+    np.testing.assert_allclose(gradient.sum(0), want, rtol=0, atol=1e-8)
 
 
 def _check_memory_records(records, method):
