@@ -1,7 +1,7 @@
 """A/B of the sampler across commits: `ours-xla` at a base revision against the working tree, interleaved
 in one process, on the benchmark suite's cases and tasks.
 
-    python -m benchmarks.ab --base REV [--threads 2] [--rounds 9] [--out FILE.md]
+    python -m benchmarks.ab --base REV [--threads 2] [--rounds 9] [--cases A,B] [--tasks T] [--out FILE.md]
     python -m benchmarks.ab --base REV --hlo     # compare XLA's optimized HLO instead of timing
 
 The base revision's `stn_keras` is extracted with `git archive` into a temporary folder and imported
@@ -55,6 +55,19 @@ def _hlo(fn, args):
     return [line.strip() for line in text.splitlines() if line.strip() and "HloModule" not in line]
 
 
+def _chosen(parser, flag, value, allowed):
+    """The names in the comma-separated `value` (all of `allowed` when empty); unknown names are a
+    usage error naming `--flag`."""
+    names = [name for name in value.split(",") if name] or list(allowed)
+    unknown = sorted(set(names) - set(allowed))
+    if unknown:
+        parser.error(
+            f"Invalid value for argument `--{flag}`. Expected a subset of {list(allowed)}. "
+            f"Received: {unknown}"
+        )
+    return names
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ab", description=__doc__)
     parser.add_argument("--base", required=True, help="the git revision to compare against")
@@ -64,7 +77,13 @@ def main(argv=None):
     parser.add_argument(
         "--hlo", action="store_true", help="compare the optimized HLO instead of timing"
     )
+    parser.add_argument("--cases", default="", help="comma-separated case names. Defaults to all.")
+    parser.add_argument("--tasks", default="", help="comma-separated tasks. Defaults to all.")
     args = parser.parse_args(argv)
+    from benchmarks.suite import SUITE, TASKS
+
+    cases = _chosen(parser, "cases", args.cases, [case.name for case in SUITE])
+    tasks = _chosen(parser, "tasks", args.tasks, TASKS)
 
     from benchmarks.contenders import set_threads
     from benchmarks.contenders.ours import task_functions
@@ -73,7 +92,7 @@ def main(argv=None):
     import tensorflow as tf
 
     import stn_keras
-    from benchmarks.suite import SUITE, TASKS, make_inputs
+    from benchmarks.suite import make_inputs
     from benchmarks.timing import time_interleaved
 
     with tempfile.TemporaryDirectory() as folder:
@@ -90,16 +109,16 @@ def main(argv=None):
             ]
         else:
             lines = [
-                f"`python -m benchmarks.ab --base {args.base} --threads {args.threads}`: ours-xla, "
-                f"median ms of {args.rounds} interleaved rounds.",
+                f"`python -m benchmarks.ab {' '.join(argv if argv is not None else sys.argv[1:])}`: "
+                f"ours-xla, median ms of {args.rounds} interleaved rounds.",
                 "",
                 "| case | task | base | working tree | ratio |",
                 "|---|---|---|---|---|",
             ]
         print("\n".join(lines), flush=True)
-        for case in SUITE:
+        for case in (case for case in SUITE if case.name in cases):
             inputs = {k: tf.constant(v) for k, v in make_inputs(case).items()}
-            for task in TASKS:
+            for task in tasks:
                 call = (inputs["images"], inputs["theta"])
                 if task != "forward":
                     call += (inputs["upstream"],)
