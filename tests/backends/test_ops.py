@@ -29,16 +29,17 @@ MODES = [
 
 
 def _with_jit(cases, align_corners_of):
-    """`(case, jit)` pairs: every case eagerly and compiled. torch.compile takes seconds a
-    function, so under PyTorch the compiled runs cover the `align_corners=False` cases (every mode
-    and padding), which keeps the README's test command within its time budget. Under TensorFlow
-    the compiled (XLA) runs of the same fixtures are `tests/ops/`' own, so they run there only."""
+    """`(case, jit)` pairs: every case eagerly and compiled. `torch.compile` and `jax.jit` take
+    seconds a function, so under PyTorch and JAX the compiled runs cover the `align_corners=False`
+    cases (every mode and padding; the eager runs cover both), which keeps the README's test
+    command within its time budget. Under TensorFlow the compiled (XLA) runs of the same fixtures
+    are `tests/ops/`' own, so they run there only."""
     pairs = []
     for case in cases:
         pairs.append(pytest.param(*_tuple(case), False, id=f"{_name(case)}-eager"))
         if BACKEND == "tensorflow":
             continue
-        if not (BACKEND == "torch" and align_corners_of(case)):
+        if not align_corners_of(case):
             pairs.append(pytest.param(*_tuple(case), True, id=f"{_name(case)}-compiled"))
     return pairs
 
