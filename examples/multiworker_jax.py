@@ -13,9 +13,11 @@ The files are those of the TensorFlow path (`examples/multiworker.py`), with che
 finished epoch in `checkpoints/worker-<i>/epoch-<n>.npz` (weights and optimizer state, the last
 two kept); a rerun resumes from the newest epoch every worker has. The data order of epoch `e`
 depends on `--seed` and `e` only, so a resumed run trains on what an uninterrupted one would.
-The workers keep XLA's compiled programs in `checkpoints/xla-cache/` (JAX's persistent compilation
-cache), so a restarted cluster need not compile again the programs that took JAX over a second to
-compile (its default threshold).
+The workers keep every program XLA compiled in `checkpoints/xla-cache/` (JAX's persistent
+compilation cache, its one-second threshold lowered to 0: besides its train step a Keras worker
+compiles a few hundred small programs, initialisers and the data's distortions op by op, which
+together take longer). A rerun in the same directory compiles again only what the cache lacks;
+JAX writes the cache from the first process only, and its keys name the directory.
 """
 
 import json
@@ -62,6 +64,8 @@ def _join(members, dtype, cache):
     import jax
 
     jax.config.update("jax_compilation_cache_dir", str(cache))
+    # Every program, not only those that took over a second (see the module docstring).
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
     # Collectives between CPU devices of different processes (GPUs use NCCL whatever this says).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")

@@ -1,16 +1,18 @@
 """Multi-worker training on real worker processes (loopback), its resume and its failures.
 
-One module fixture runs the example three times per backend (TensorFlow's trainer, and Keras's
+One module fixture runs the example four times per backend (TensorFlow's trainer, and Keras's
 own `model.fit` under `keras.distribution` on JAX) on a tiny float64 problem (48 digits, global
 batch 16, 2 epochs of 3 steps): without a cluster (TensorFlow in this process, JAX in a process of
-its own); as 2 workers whose worker 1 SIGKILLs itself when epoch 2 begins; and again on the same
-output directory, which must resume from the checkpoint of epoch 1. Every subprocess has a
-timeout and is killed at the end.
+its own); as 2 workers whose worker 1 SIGKILLs itself when epoch 2 begins; again on the same
+output directory, which must resume from the checkpoint of epoch 1; and the run without a cluster
+once more in its directory, which finds every epoch done. Every subprocess has a timeout and is
+killed at the end.
 """
 
+import contextlib
+import io
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -63,6 +65,18 @@ def _weights(path):
 CHECKPOINTS = {"tensorflow": "worker-*/ckpt-{}.index", "jax": "worker-*/epoch-{}.npz"}
 
 
+def _rerun(backend, options):
+    """Rerun a finished 1-worker run: TensorFlow in this process, JAX in a process of its own.
+    Returns `(exit status, stdout)`."""
+    if backend == "tensorflow":
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            status = multiworker.main([*options, "--workers", "1"])
+        return status, out.getvalue()
+    done = _launch(*options, "--workers", "1")
+    return done.returncode, done.stdout + done.stderr[-3000:]
+
+
 @pytest.fixture(scope="module", params=["tensorflow", "jax"])
 def killed_and_resumed(tmp_path_factory, request):
     backend = request.param
@@ -83,9 +97,18 @@ def killed_and_resumed(tmp_path_factory, request):
     checkpoints = sorted(p.name for p in (cluster / "checkpoints").glob(pattern.format("*")))
     leftovers = sorted(p.name for p in cluster.iterdir())
     resumed = _launch(*options, "--workers", "2", "--out", str(cluster))
+    # The single run as it finished, then rerun where it lies (a resumed run reruns in place, and
+    # JAX's compilation cache keys name their directory): every epoch is checkpointed already.
+    finished = {
+        "metrics": json.loads((single / "metrics.json").read_text()),
+        "weights": _weights(single / "worker-0.weights.h5"),
+    }
+    rerun = _rerun(backend, [*options, "--out", str(single)])
     return {
         "backend": backend,
         "single": single,
+        "finished": finished,
+        "rerun": rerun,
         "cluster": cluster,
         "killed": killed,
         "checkpoints_after_kill": checkpoints,
@@ -131,9 +154,9 @@ def test_cluster_result_equals_single_process_training(killed_and_resumed):
     # ulps of its terms (~1e-16 relative); Adam divides by sqrt(v) + 1e-7, which can magnify an
     # error of a tiny gradient component to lr * 1e-16 / 1e-7 = 2e-12 per step. Six steps stay
     # far below 1e-9, while a wrong batch split or loss scale moves weights by ~lr = 2e-3.
-    single = killed_and_resumed["single"]
+    finished = killed_and_resumed["finished"]
     cluster = killed_and_resumed["cluster"]
-    reference = _weights(single / "worker-0.weights.h5")
+    reference = finished["weights"]
     trained = _weights(cluster / "worker-0.weights.h5")
     assert reference.keys() == trained.keys()
     for name in reference:
@@ -148,28 +171,23 @@ def test_cluster_result_equals_single_process_training(killed_and_resumed):
     for mine, chiefs in zip(saved.get_weights(), model.get_weights(), strict=True):
         np.testing.assert_array_equal(mine, chiefs)
     ours = json.loads((cluster / "metrics.json").read_text())
-    theirs = json.loads((single / "metrics.json").read_text())
+    theirs = finished["metrics"]
     assert ours["test_accuracy"] == theirs["test_accuracy"]
     np.testing.assert_allclose(
         ours["history"][-1]["loss"], theirs["history"][-1]["loss"], atol=1e-9
     )
 
 
-def test_a_rerun_of_a_finished_run_trains_nothing_and_keeps_its_weights(
-    killed_and_resumed, tmp_path
-):
-    # A copy of the single-process run: a rerun finds every epoch checkpointed.
-    finished = tmp_path / "finished"
-    shutil.copytree(killed_and_resumed["single"], finished)
-    options = [*TINY, "--backend", killed_and_resumed["backend"], "--workers", "1"]
-    rerun = _launch(*options, "--out", str(finished))
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "every epoch was done already" in rerun.stdout
-    metrics = json.loads((finished / "metrics.json").read_text())
+def test_a_rerun_of_a_finished_run_trains_nothing_and_keeps_its_weights(killed_and_resumed):
+    status, stdout = killed_and_resumed["rerun"]
+    assert status == 0, stdout
+    assert "every epoch was done already" in stdout
+    single = killed_and_resumed["single"]
+    metrics = json.loads((single / "metrics.json").read_text())
     assert metrics["initial_epoch"] == 2 and metrics["history"] == []
     assert metrics["images_per_second"] is None
-    before = _weights(killed_and_resumed["single"] / "worker-0.weights.h5")
-    after = _weights(finished / "worker-0.weights.h5")
+    before = killed_and_resumed["finished"]["weights"]
+    after = _weights(single / "worker-0.weights.h5")
     assert before.keys() == after.keys()
     for name in before:
         np.testing.assert_array_equal(after[name], before[name], err_msg=name)
