@@ -220,9 +220,12 @@ def _sum_taps(flat, table, dtype):
     channels = flat.shape[-1]
     zero_row = channels is not None and channels <= _ZERO_ROW_CHANNELS
     values = _with_zero_row(flat) if zero_row else flat  # what the forward pass gathers from
+    # The zero row's index, built once for every tap (each op a trace builds costs eager calls
+    # and exports time; XLA would merge the copies anyway).
+    last = tf.shape(values, out_type=tf.int64)[0] - 1 if zero_row else None
     return tf.add_n(
         [
-            tf.cast(_read(values, rows, valid, zero_row), dtype) * tf.expand_dims(weight, -1)
+            tf.cast(_read(values, rows, valid, last), dtype) * tf.expand_dims(weight, -1)
             for rows, valid, weight in zip(
                 table.rows, table.valid, table.weights_of_taps, strict=True
             )
@@ -268,15 +271,14 @@ def _read(table, rows, valid, zero_row):
     """Each tap's pixel values, exactly 0 where the tap is not read.
 
     Args:
-        table: the `(N, C)` image matrix, or `(N + 1, C)` with a zero row last (`zero_row`).
+        table: the `(N, C)` image matrix, or `(N + 1, C)` with a zero row last.
         rows: int64 `(B, H_out, W_out)`, the taps' rows, always inside the image.
         valid: bool `(B, H_out, W_out, 1)`, whether each tap is read.
-        zero_row: whether `table` ends with the zero row.
+        zero_row: the index of `table`'s zero row (int64 scalar), or `None` if it has none.
 
     Returns:
         `(B, H_out, W_out, C)` in `table`'s dtype.
     """
-    if zero_row:
-        last = tf.shape(table, out_type=tf.int64)[0] - 1
-        return tf.gather(table, tf.where(valid[..., 0], rows, last))
+    if zero_row is not None:
+        return tf.gather(table, tf.where(tf.squeeze(valid, -1), rows, zero_row))
     return select(valid, tf.gather(table, rows))
