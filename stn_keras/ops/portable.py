@@ -112,25 +112,30 @@ def _add_last(x):
     return tf.expand_dims(x, -1)
 
 
-def _gather_rows(flat, rows, channels):
-    """`flat[rows]` with `rows` `(B, *out)` flattened to 1-D indices: `(B, *out, C)`."""
-    values = tf.gather(flat, tf.reshape(rows, [-1]))
+def _gathered_shape(rows, flat, channels):
+    """The shape of `flat[rows]` for rows `(B, *out)`: `(B, *out, C)`, static when known."""
     if rows.shape.is_fully_defined() and isinstance(channels, int):
-        shape = [*rows.shape, channels]
-    else:
-        shape = tf.concat([tf.shape(rows), tf.reshape(tf.shape(flat)[1], [1])], 0)
-    return tf.reshape(values, shape)
+        return [*rows.shape, channels]
+    return tf.concat([tf.shape(rows), tf.reshape(tf.shape(flat)[1], [1])], 0)
 
 
-def sample(images, grid, interpolation, padding_mode, align_corners, kernels, axis_taps):
+def _gather_rows(flat, rows, shape):
+    """`flat[rows]` with `rows` `(B, *out)` flattened to 1-D indices, reshaped to `shape`."""
+    return tf.reshape(tf.gather(flat, tf.reshape(rows, [-1])), shape)
+
+
+def sample(
+    images, grid, interpolation, padding_mode, align_corners, kernels, axis_taps, rows_of_taps
+):
     """`grid_sample`'s forward pass in portable ops (module docstring); arguments already checked.
 
     Args:
         images: `(B, *in, C)`.
         grid: `(B, *out, N)` in the compute dtype, last axis `(x, y[, z])`.
         interpolation, padding_mode, align_corners: as in `grid_sample`.
-        kernels, axis_taps: the training kernel's per-axis tap kernels and taps along one axis
-            (`sampling.KERNELS`, `sampling.axis_taps`), shared with it.
+        kernels, axis_taps, rows_of_taps: the training kernel's per-axis tap kernels, taps along one
+            axis and rows of every tap (`taps.KERNELS`, `taps.axis_taps`, `taps.rows_of_taps`),
+            shared with it.
 
     Returns:
         `(B, *out, C)` in the compute dtype.
@@ -159,13 +164,13 @@ def sample(images, grid, interpolation, padding_mode, align_corners, kernels, ax
     channels = coordinates.dim(images, -1)
     flat = tf.reshape(images, [-1, channels])
     batch = _batch_rows(images, grid, spatial, index_dtype)
+    rows = rows_of_taps(batch, indices, in_size, index_dtype)
+    shape = _gathered_shape(rows[0], flat, channels)  # every tap's: built once
     out = None
-    for tap in itertools.product(*(range(len(i)) for i in indices)):
-        row = batch
-        for axis, size in enumerate(in_size):
-            row = row * tf.cast(size, index_dtype) + indices[axis][tap[axis]]
+    taps = itertools.product(*(range(len(i)) for i in indices))
+    for tap, row in zip(taps, rows, strict=True):
         valid = _all([inside[a][tap[a]] for a in range(spatial)] + [finite])
-        values = tf.where(_add_last(valid), tf.cast(_gather_rows(flat, row, channels), dtype), zero)
+        values = tf.where(_add_last(valid), tf.cast(_gather_rows(flat, row, shape), dtype), zero)
         factors = [weights[a][tap[a]] for a in range(spatial) if weights[a][tap[a]] is not None]
         term = values * _add_last(_product(factors)) if factors else values
         out = term if out is None else out + term

@@ -144,7 +144,9 @@ def _grid_sample(images, grid, interpolation, padding_mode, align_corners):
     grid = tf.cast(grid, dtype)
     if portable.active():  # an export traces the model: the same numbers in portable ops
         options = (interpolation, padding_mode, align_corners)
-        out = portable.sample(images, grid, *options, taps.KERNELS, taps.axis_taps)
+        out = portable.sample(
+            images, grid, *options, taps.KERNELS, taps.axis_taps, taps.rows_of_taps
+        )
         return recording.mark(tf.cast(out, images.dtype), "output")
 
     # A non-finite point reads as outside the image; finite ones are clamped so pixel maths stays finite.

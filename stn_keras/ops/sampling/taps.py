@@ -135,16 +135,23 @@ def flat_indices(batch, positions, sizes):
     return row
 
 
-def _rows_of_taps(batch, indices, in_size):
+def rows_of_taps(batch, indices, in_size, index_dtype=tf.int64):
     """`flat_indices` of every tap, in `itertools.product` order (the last array axis fastest).
 
     The leading axes' partial rows are built once and shared by the taps that extend them: a graph
-    of fewer ops traces and runs eagerly faster, and XLA would merge the repeats anyway.
+    of fewer ops traces and runs eagerly faster, an exported one holds each sum once, and XLA would
+    merge the repeats anyway.
+
+    Args:
+        batch: integer `(B, 1, ..., 1)`, the batch indices.
+        indices: per array axis, the list of its taps' integer positions `(B, *out)`.
+        in_size: the input's spatial sizes in array order (ints or scalar integer tensors).
+        index_dtype: the rows' integer dtype. Defaults to int64 (exact beyond 2**31 rows).
     """
-    rows = [tf.cast(batch, tf.int64)]
+    rows = [tf.cast(batch, index_dtype)]
     for positions, size in zip(indices, in_size, strict=True):
-        size = tf.cast(size, tf.int64)
-        rows = [row * size + tf.cast(p, tf.int64) for row in rows for p in positions]
+        size = tf.cast(size, index_dtype)
+        rows = [row * size + tf.cast(p, index_dtype) for row in rows for p in positions]
     return rows
 
 
@@ -229,7 +236,7 @@ def tap_table(images, pixels, finite, movable, taps_of_axis, in_size):
     indices, weights, slopes, inside = zip(*reversed(per_component), strict=True)
     batch = tf.reshape(_batch_indices(images, pixels), [-1] + [1] * spatial)  # Bx1x..x1
     taps = list(itertools.product(*(range(len(i)) for i in indices)))
-    rows = _rows_of_taps(batch, indices, in_size)
+    rows = rows_of_taps(batch, indices, in_size)
     valid = [
         tf.expand_dims(all_of([inside[a][t[a]] for a in range(spatial)] + [finite]), -1)
         for t in taps
