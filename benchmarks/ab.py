@@ -2,6 +2,7 @@
 in one process, on the benchmark suite's cases and tasks.
 
     python -m benchmarks.ab --base REV [--threads 2] [--rounds 9] [--cases A,B] [--tasks T] [--out FILE.md]
+    python -m benchmarks.ab --base REV --mode eager   # `ours-eager` (or `graph`: `ours-graph`) instead
     python -m benchmarks.ab --base REV --hlo     # compare XLA's optimized HLO instead of timing
 
 The base revision's `stn_keras` is extracted with `git archive` into a temporary folder and imported
@@ -55,6 +56,18 @@ def _hlo(fn, args):
     return [line.strip() for line in text.splitlines() if line.strip() and "HloModule" not in line]
 
 
+# How each version runs (`--mode`), as the suite's `ours-xla`, `ours-graph` and `ours-eager` do.
+MODES = ("xla", "graph", "eager")
+
+
+def _in_mode(fn, mode):
+    import tensorflow as tf
+
+    if mode == "eager":
+        return fn
+    return tf.function(fn, jit_compile=mode == "xla")
+
+
 def _chosen(parser, flag, value, allowed):
     """The names in the comma-separated `value` (all of `allowed` when empty); unknown names are a
     usage error naming `--flag`."""
@@ -79,7 +92,15 @@ def main(argv=None):
     )
     parser.add_argument("--cases", default="", help="comma-separated case names. Defaults to all.")
     parser.add_argument("--tasks", default="", help="comma-separated tasks. Defaults to all.")
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default="xla",
+        help="how both versions run: XLA-compiled (the default), tf.function, or eagerly",
+    )
     args = parser.parse_args(argv)
+    if args.hlo and args.mode != "xla":
+        parser.error("argument --mode: --hlo compares XLA's programs; it takes --mode xla only")
     from benchmarks.suite import SUITE, TASKS
 
     cases = _chosen(parser, "cases", args.cases, [case.name for case in SUITE])
@@ -110,7 +131,7 @@ def main(argv=None):
         else:
             lines = [
                 f"`python -m benchmarks.ab {' '.join(argv if argv is not None else sys.argv[1:])}`: "
-                f"ours-xla, median ms of {args.rounds} interleaved rounds.",
+                f"ours-{args.mode}, median ms of {args.rounds} interleaved rounds.",
                 "",
                 "| case | task | base | working tree | ratio |",
                 "|---|---|---|---|---|",
@@ -123,11 +144,11 @@ def main(argv=None):
                 if task != "forward":
                     call += (inputs["upstream"],)
                 fns = {
-                    name: tf.function(task_functions(case.out_size, module)[task], jit_compile=True)
+                    name: _in_mode(task_functions(case.out_size, module)[task], args.mode)
                     for name, module in (("base", stn_keras_base), ("tree", stn_keras))
                 }
                 try:
-                    fns["base"].get_concrete_function(*call)
+                    getattr(fns["base"], "get_concrete_function", fns["base"])(*call)
                     base_runs = True
                 except Exception:  # e.g. a volume, at a revision without volumes
                     base_runs = False

@@ -159,3 +159,12 @@ def test_the_backends_benchmark_times_every_backend_beside_pytorch(tmp_path):
             for contender in [*ours, "torch-nchw", "torch-cl"]:
                 assert (backend, task, contender) in timed
     assert "| ours-jax-jit |" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.parametrize("mode", ["eager", "nonsense"])
+def test_ab_refuses_a_mode_hlo_cannot_compare_naming_the_flag(mode, capsys):
+    from benchmarks import ab
+
+    with pytest.raises(SystemExit) as exit_info:
+        ab.main(["--base", "HEAD", "--hlo", "--mode", mode])
+    assert exit_info.value.code == 2 and "argument --mode" in capsys.readouterr().err
