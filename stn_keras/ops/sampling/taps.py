@@ -129,9 +129,7 @@ def flat_indices(batch, positions, sizes):
         An int64 tensor of the broadcast shape: `(batch * H + y) * W + x` for an image,
         `((batch * D + z) * H + y) * W + x` for a volume.
     """
-    row = tf.cast(batch, tf.int64)
-    for position, size in zip(positions, sizes, strict=True):
-        row = row * tf.cast(size, tf.int64) + tf.cast(position, tf.int64)
+    (row,) = rows_of_taps(batch, [[position] for position in positions], sizes)
     return row
 
 
