@@ -16,6 +16,7 @@ import keras
 import tensorflow as tf
 
 from stn_keras.export import gpu_rules, pipeline, precision, runners, validation
+from stn_keras.export import savedmodel as savedmodel_format
 from stn_keras.export.savedmodel import signature_output_names
 from stn_keras.ops import portable
 
@@ -43,9 +44,7 @@ def _convert(model, staging, batch_size=None):
         savedmodel = os.path.join(scratch, "savedmodel")
         signature = None if batch_size is None else _static_batch_signature(model, batch_size)
         with portable.export_kernel():  # the samplers in ops the LiteRT builtins (and GPU) have
-            model.export(
-                savedmodel, format="tf_saved_model", verbose=False, input_signature=signature
-            )
+            savedmodel_format.write(model, savedmodel, signature, gradients=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(
             savedmodel, signature_keys=[SERVING_SIGNATURE]
         )

@@ -19,6 +19,8 @@ written), so only running the file in onnxruntime proves it: every export here i
 before it is moved into place.
 """
 
+import contextlib
+import copy
 import warnings
 
 import keras
@@ -51,6 +53,34 @@ def check_opset(opset, native_gridsample):
             f"(onnx {onnx.__version__}). Received: opset={opset!r}"
         )
     return int(opset)
+
+
+@contextlib.contextmanager
+def _optimizer_copies_the_graph_once():
+    """Within: tf2onnx's graph optimizer copies the graph once, not before each of its ~24 passes.
+
+    tf2onnx deep-copies the whole graph before every optimizer pass so that a pass that raises
+    can be undone (its `TF2ONNX_CATCH_ERRORS` switch, which would turn that off, compares the
+    variable's name rather than its value); on a graph of many samplers the copies take a third of
+    the conversion. Here the passes run on the graph itself after one copy, and if any raises,
+    tf2onnx's own careful loop reruns on that copy: the same graph either way.
+    """
+    from tf2onnx import optimizer
+
+    careful = optimizer.optimize_graph
+
+    def optimize_graph(graph, catch_errors=True, optimizers=None):
+        pristine = copy.deepcopy(graph)
+        try:
+            return careful(graph, False, optimizers=optimizers)
+        except Exception:  # any pass's failure, as tf2onnx's loop catches it
+            return careful(pristine, catch_errors, optimizers=optimizers)
+
+    optimizer.optimize_graph = optimize_graph
+    try:
+        yield
+    finally:
+        optimizer.optimize_graph = careful
 
 
 def _frozen_call(model):
@@ -165,7 +195,7 @@ def convert(model, opset=None, native_gridsample=False, kept=None, target=None):
     for s in samplers:  # tf2onnx renames the tensors before its rewriters run
         for field in ("images", "grid", "output", "theta"):
             setattr(s, field, rename.get(getattr(s, field), getattr(s, field)))
-    with tf.device("/cpu:0"):
+    with tf.device("/cpu:0"), _optimizer_copies_the_graph_once():
         proto, _ = tf2onnx.convert.from_graph_def(
             frozen.graph.as_graph_def(),
             input_names=input_names,

@@ -1,8 +1,13 @@
 """Export to a TensorFlow SavedModel (TF Serving, `tf.saved_model.load`), validated after reloading."""
 
 import keras
+import tensorflow as tf
 
 from stn_keras.export import pipeline, runners, validation
+
+# The endpoint `model.export` names, and the signature TF Serving and LiteRT's converter read.
+SERVING_ENDPOINT = "serve"
+SERVING_SIGNATURE = runners.SERVING_SIGNATURE
 
 
 def signature_output_names(model):
@@ -21,11 +26,47 @@ def signature_output_names(model):
     return [f"output_{i}" for i in range(len(keras.tree.flatten(structure)))]
 
 
+def write(model, path, input_signature=None, gradients=True):
+    """Write `model` as a SavedModel whose `serve` endpoint and `serve` / `serving_default`
+    signatures run the model on `input_signature` (the model's own inputs by default), with the
+    variable lists Keras's `ExportArchive` saves: what `model.export` writes, traced once.
+    `gradients=False` leaves out the samplers' custom gradients (TensorFlow traces each one to save
+    it), for a SavedModel that is only converted.
+
+    `model.export` traces the model three times: its endpoint is a `tf.function`, which
+    `tf.saved_model.save` retraces under its save context, and the archive walks the model for
+    resources through the model's `_default_save_signature`, a new `tf.function` at every access.
+    On a model of many samplers that is most of an export's time. Here the object saved holds the
+    one traced concrete function, and resources (lookup tables) are found by a walk that lists no
+    functions.
+    """
+    from keras.src.export.export_utils import get_input_signature, make_tf_tensor_spec
+
+    signature = get_input_signature(model) if input_signature is None else input_signature
+    signature = keras.tree.map_structure(make_tf_tensor_spec, signature)
+    serve = tf.function(lambda *inputs: model(*inputs), input_signature=signature, autograph=False)
+    serve = serve.get_concrete_function()
+    root = tf.__internal__.tracking.AutoTrackable()
+    root.serve = serve
+    root.variables = list(model.variables)
+    root.trainable_variables = list(model.trainable_variables)
+    root.non_trainable_variables = list(model.non_trainable_variables)
+    root._all_variables = list(serve.variables)
+    root._misc_assets = [
+        item
+        for item in tf.train.TrackableView(model).descendants()
+        if isinstance(item, tf.saved_model.experimental.TrackableResource)
+    ]
+    signatures = {SERVING_ENDPOINT: serve, SERVING_SIGNATURE: serve}
+    options = tf.saved_model.SaveOptions(experimental_custom_gradients=gradients)
+    tf.saved_model.save(root, path, signatures=signatures, options=options)
+
+
 def prepare(model, specs, target):
     """The `pipeline.Plan` of a SavedModel: Keras 3's exporter, run by `tf.saved_model.load`."""
     names = signature_output_names(model)
     return pipeline.Plan(
-        write=lambda staging: model.export(staging, format="tf_saved_model", verbose=False),
+        write=lambda staging: write(model, staging),
         runner=lambda staging: runners.savedmodel(staging, specs, names),
     )
 
@@ -41,7 +82,8 @@ def export_savedmodel(
 ):
     """Export `model` as a SavedModel with a `serving_default` signature and a dynamic batch size.
 
-    Uses Keras 3's own exporter (`model.export(format="tf_saved_model")`), then reloads the directory
+    Writes what Keras 3's own exporter writes (`model.export(format="tf_saved_model")`, see
+    `write`), then reloads the directory
     with `tf.saved_model.load` and checks `serving_default` against the model. Inputs with dynamic
     spatial sizes stay dynamic and are validated at two sizes.
 
