@@ -39,6 +39,32 @@ def test_dict_outputs_pair_by_name_in_savedmodel_and_litert(tmp_path):
     assert export_onnx(model, tmp_path / "m.onnx").passed
 
 
+def test_savedmodel_holds_what_model_export_writes_traced_once(tmp_path):
+    # `savedmodel.write` replaces `model.export` (which traces the model three times): the same
+    # endpoint, signatures (input names, dict outputs by key), variable lists, and outputs.
+    from stn_keras.export import savedmodel
+
+    images, theta = keras.Input((6, 7, 2), name="images"), keras.Input((6,), name="theta")
+    warped = stn_keras.TransformSampler(output_size=(4, 5))([images, theta])
+    scale = keras.layers.Dense(1, name="scale")(keras.layers.Flatten()(warped))
+    model = keras.Model({"images": images, "theta": theta}, {"warped": warped, "scale": scale})
+    model.export(tmp_path / "keras", format="tf_saved_model", verbose=False)
+    savedmodel.write(model, tmp_path / "ours")
+    theirs, ours = (tf.saved_model.load(tmp_path / name) for name in ("keras", "ours"))
+    for key in ("serve", "serving_default"):
+        want, got = theirs.signatures[key], ours.signatures[key]
+        assert got.structured_input_signature == want.structured_input_signature
+        assert got.structured_outputs == want.structured_outputs
+    for collection in ("variables", "trainable_variables", "non_trainable_variables"):
+        names = [v.name for v in getattr(ours, collection)]
+        assert names == [v.name for v in getattr(theirs, collection)], collection
+    assert len(ours.trainable_variables) == 2  # the dense layer's kernel and bias
+    x = {"images": tf.random.uniform((3, 6, 7, 2)), "theta": tf.constant([THETA] * 3)}
+    want = theirs.signatures["serving_default"](**x)
+    for name, value in ours.signatures["serving_default"](**x).items():
+        np.testing.assert_array_equal(value.numpy(), want[name].numpy(), err_msg=name)
+
+
 @pytest.mark.parametrize(
     "input_shape, output_size",
     [((5, 6, 1), (1, 8)), ((5, 6, 1), (8, 1)), ((1, 6, 2), None)],
