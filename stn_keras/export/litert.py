@@ -36,7 +36,8 @@ def _static_batch_signature(model, batch_size):
 def _convert(model, staging, batch_size=None):
     """Write the builtin-ops-only flatbuffer of `model` to `staging`.
 
-    Through Keras's own SavedModel export and `tf.lite.TFLiteConverter.from_saved_model`, which every
+    Through the SavedModel Keras's own exporter writes (`savedmodel.write`, without the custom
+    gradients a converter never reads) and `tf.lite.TFLiteConverter.from_saved_model`, which every
     supported Keras has (`model.export(format="litert")` appeared only in Keras 3.10), so the
     flatbuffer's `serving_default` signature names its inputs and outputs as the SavedModel does.
     """

@@ -63,7 +63,8 @@ def write(model, path, input_signature=None, gradients=True):
 
 
 def prepare(model, specs, target):
-    """The `pipeline.Plan` of a SavedModel: Keras 3's exporter, run by `tf.saved_model.load`."""
+    """The `pipeline.Plan` of a SavedModel: what Keras 3's exporter writes (`write`), run by
+    `tf.saved_model.load`."""
     names = signature_output_names(model)
     return pipeline.Plan(
         write=lambda staging: write(model, staging),
@@ -83,9 +84,8 @@ def export_savedmodel(
     """Export `model` as a SavedModel with a `serving_default` signature and a dynamic batch size.
 
     Writes what Keras 3's own exporter writes (`model.export(format="tf_saved_model")`, see
-    `write`), then reloads the directory
-    with `tf.saved_model.load` and checks `serving_default` against the model. Inputs with dynamic
-    spatial sizes stay dynamic and are validated at two sizes.
+    `write`), then reloads the directory with `tf.saved_model.load` and checks `serving_default`
+    against the model. Inputs with dynamic spatial sizes stay dynamic and are validated at two sizes.
 
     Args:
         model: a Keras model with known inputs (see `validation.input_specs`).

@@ -49,7 +49,13 @@ def test_savedmodel_holds_what_model_export_writes_traced_once(tmp_path):
     scale = keras.layers.Dense(1, name="scale")(keras.layers.Flatten()(warped))
     model = keras.Model({"images": images, "theta": theta}, {"warped": warped, "scale": scale})
     model.export(tmp_path / "keras", format="tf_saved_model", verbose=False)
+    (sampler,) = [layer for layer in model.layers if isinstance(layer, stn_keras.TransformSampler)]
+    calls = []
+    original_call = sampler.call
+    sampler.call = lambda *args, **kwargs: calls.append(1) or original_call(*args, **kwargs)
     savedmodel.write(model, tmp_path / "ours")
+    sampler.call = original_call
+    assert len(calls) == 1, f"the model was traced {len(calls)} times"
     theirs, ours = (tf.saved_model.load(tmp_path / name) for name in ("keras", "ours"))
     for key in ("serve", "serving_default"):
         want, got = theirs.signatures[key], ours.signatures[key]
